@@ -1,0 +1,36 @@
+"""sca_plugin: structured channel pruning for spiking neural networks.
+
+SCA (Spiking Channel Activity-based pruning, Li et al., ICML 2024) as Torch-Pruning components:
+:class:`SCAImportance` (a ``tp.importance.Importance``) and :class:`SCAPruner` (a
+``tp.pruner.BasePruner`` that masks and regrows channels during training and removes them
+physically at the end), for SpikingJelly networks in single- and multi-step mode.
+"""
+from .activity import MembraneActivityRecorder
+from .graph import SpikingMetaPruner, repair_time_dimension, spiking_neuron_pruners
+from .importance import SCAImportance
+from .neurons import SpikingNeuronPruner, is_spiking_neuron, register_charge_function, register_neuron_class
+from .pruner import SCAPruner
+from .reporting import count_macs, count_parameters, pruning_report
+from .schedule import sparsity_at
+from .selection import select_channels
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SCAImportance",
+    "SCAPruner",
+    "SpikingMetaPruner",
+    "SpikingNeuronPruner",
+    "MembraneActivityRecorder",
+    "repair_time_dimension",
+    "spiking_neuron_pruners",
+    "is_spiking_neuron",
+    "register_neuron_class",
+    "register_charge_function",
+    "count_macs",
+    "count_parameters",
+    "pruning_report",
+    "sparsity_at",
+    "select_channels",
+    "__version__",
+]

@@ -1,0 +1,145 @@
+"""Dependency graphs of SpikingJelly networks that are correct in both step modes.
+
+Torch-Pruning traces a model's autograd graph. Three things in a multi-step (``[T, B, ...]``)
+SpikingJelly network mislead it (see ``docs`` / ecosystem facts):
+
+1. a neuron's time loop ``for x in x_seq`` is an ``unbind`` over dim 0, which Torch-Pruning takes
+   for a channel split (channel ``i`` mapped to offsets ``i * C / T``);
+2. ``layer.Linear`` returns a 3-D ``[T, B, F]`` tensor, which switches off Torch-Pruning's
+   flatten -> linear index mapping for the whole graph;
+3. the ``[T, B] <-> [T*B]`` folds of ``seq_to_ann_forward`` become reshape nodes.
+
+:func:`repair_time_dimension` removes the index mappings of time/batch unbinds, turns the flatten
+mapping back on and recomputes all mappings; reshapes whose channel count is unchanged (the folds)
+then map channels one to one. :class:`SpikingMetaPruner` is Torch-Pruning's ``BasePruner`` with
+spiking neurons registered, the graph repaired, and training mode restored after tracing.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Dict, Iterator, Optional
+
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning import ops
+from torch_pruning.dependency import index_mapping as tp_index_mapping
+from torch_pruning.dependency import constants as tp_constants
+from spikingjelly.activation_based import functional
+
+from .neurons import SpikingNeuronPruner, is_spiking_neuron, neuron_types_in
+
+__all__ = [
+    "repair_time_dimension",
+    "spiking_neuron_pruners",
+    "SpikingMetaPruner",
+    "preserve_training_mode",
+]
+
+
+def _reshape_shapes(grad_fn) -> Optional[tuple]:
+    """(input shape, output shape) of a traced view/reshape, when autograd exposes them."""
+    in_shape = getattr(grad_fn, "_saved_self_sym_sizes", None) or getattr(grad_fn, "_saved_self_sizes", None)
+    metadata = getattr(grad_fn, "_input_metadata", None)
+    if in_shape is None or not metadata:
+        return None
+    return tuple(int(s) for s in in_shape), tuple(int(s) for s in metadata[0].shape)
+
+
+def is_time_fold(in_shape: tuple, out_shape: tuple) -> bool:
+    """True for ``[T, B, *rest] <-> [T*B, *rest]``: a reshape that leaves the channel layout alone."""
+    def folds(a, b):
+        return len(a) == len(b) + 1 and len(b) >= 1 and a[0] * a[1] == b[0] and a[2:] == b[1:]
+    return folds(in_shape, out_shape) or folds(out_shape, in_shape)
+
+
+def repair_time_dimension(DG: tp.DependencyGraph) -> tp.DependencyGraph:
+    """Fix the index mappings of a graph traced from a SpikingJelly network (idempotent)."""
+    for node in DG.module2node.values():
+        if node.type == ops.OPTYPE.UNBIND and getattr(node.grad_fn, "_saved_dim", 0) == 0:
+            # dim 0 is time (multi-step) or batch (single-step), never channels
+            node.enable_index_mapping = False
+        elif node.type == ops.OPTYPE.RESHAPE:
+            shapes = _reshape_shapes(node.grad_fn)
+            if shapes is not None and (shapes[0] == shapes[1] or is_time_fold(*shapes)):
+                node.type = ops.OPTYPE.ELEMENTWISE  # channel i stays channel i
+    DG._2d_4d = True
+    for node in DG.module2node.values():
+        for dep in node.dependencies:
+            dep.index_mapping = [tp_constants.INDEX_MAPPING_PLACEHOLDER, tp_constants.INDEX_MAPPING_PLACEHOLDER]
+    tp_index_mapping.update_index_mapping(DG)
+    return DG
+
+
+@contextlib.contextmanager
+def preserve_training_mode(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's train/eval flag on exit (Torch-Pruning's tracing calls ``model.eval()``)."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextlib.contextmanager
+def _recording_neuron_channels(model: nn.Module, pruner: SpikingNeuronPruner) -> Iterator[None]:
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: pruner.record(mod, args[0]))
+        for m in model.modules()
+        if is_spiking_neuron(m)
+    ]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _call(model: nn.Module, example_inputs: Any, forward_fn=None):
+    if forward_fn is not None:
+        return forward_fn(model, example_inputs)
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+def spiking_neuron_pruners(model: nn.Module, example_inputs: Any, forward_fn=None) -> Dict[type, SpikingNeuronPruner]:
+    """``customized_pruners`` for Torch-Pruning covering every neuron class in ``model``.
+
+    Runs one forward pass (eval mode, no gradient) to learn each neuron's channel count, then
+    resets the network state. Pass the result to any Torch-Pruning pruner, and call
+    :func:`repair_time_dimension` on its ``DG`` for multi-step networks::
+
+        pruner = tp.pruner.MetaPruner(model, x, importance=SCAImportance(),
+                                      customized_pruners=spiking_neuron_pruners(model, x))
+        repair_time_dimension(pruner.DG)
+    """
+    import torch
+
+    pruner = SpikingNeuronPruner()
+    with preserve_training_mode(model), _recording_neuron_channels(model, pruner), torch.no_grad():
+        model.eval()
+        _call(model, example_inputs, forward_fn)
+    functional.reset_net(model)
+    return {t: pruner for t in neuron_types_in(model)}
+
+
+class SpikingMetaPruner(tp.pruner.BasePruner):
+    """Torch-Pruning's ``BasePruner`` (``MetaPruner``) for SpikingJelly networks.
+
+    Same arguments as ``tp.pruner.BasePruner``. Spiking neurons are registered as customised
+    layers (so pruning slices their state and parameters), the traced graph is repaired for the
+    time dimension, and the model's train/eval mode and neuron states are restored after tracing.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any, importance, *args, customized_pruners: Optional[dict] = None, forward_fn=None, **kwargs):
+        neuron_pruner = SpikingNeuronPruner()
+        pruners: Dict[Any, Any] = {t: neuron_pruner for t in neuron_types_in(model)}
+        pruners.update(customized_pruners or {})
+        with preserve_training_mode(model), _recording_neuron_channels(model, neuron_pruner):
+            super().__init__(model, example_inputs, importance, *args, customized_pruners=pruners, forward_fn=forward_fn, **kwargs)
+        functional.reset_net(model)
+        repair_time_dimension(self.DG)
+        self.neuron_pruner = neuron_pruner

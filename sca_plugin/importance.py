@@ -1,0 +1,125 @@
+"""SCA channel importance as a Torch-Pruning ``Importance``.
+
+``SCAImportance()(group)`` returns one score per channel of the group's root: the mean membrane
+activity (see :mod:`sca_plugin.activity`) of every spiking-neuron layer coupled to the group. A
+residual stream's group therefore aggregates every neuron fed by that stream.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from .activity import MembraneActivityRecorder
+from .neurons import is_spiking_neuron
+
+__all__ = ["SCAImportance", "group_channel_mean", "group_members"]
+
+
+def group_members(group, predicate: Callable[[nn.Module], bool]) -> Dict[nn.Module, tuple]:
+    """``{module: (local_idxs, root_idxs)}`` for the group's modules that satisfy ``predicate``.
+
+    A module reached through several dependencies appears once, with the union of its indices.
+    """
+    members: Dict[nn.Module, dict] = {}
+    for item in group:
+        module = item.dep.target.module
+        if not isinstance(module, nn.Module) or not predicate(module):
+            continue
+        pairs = members.setdefault(module, {})
+        for local, root in zip(item.idxs, item.root_idxs):
+            pairs.setdefault(int(local), int(root))
+    return {m: (list(p.keys()), list(p.values())) for m, p in members.items()}
+
+
+def group_channel_mean(group, values: Dict[nn.Module, torch.Tensor], predicate: Callable[[nn.Module], bool]) -> Optional[torch.Tensor]:
+    """Average per-channel ``values`` of the group's matching modules onto the root's channels.
+
+    Returns None when no matching module of the group has values.
+    """
+    n = len(group[0].idxs)
+    total = count = None
+    for module, (local, root) in group_members(group, predicate).items():
+        v = values.get(module)
+        if v is None:
+            continue
+        if total is None:
+            total = torch.zeros(n, dtype=torch.float32, device=v.device)
+            count = torch.zeros(n, dtype=torch.float32, device=v.device)
+        root_t = torch.tensor(root, device=v.device)
+        total.scatter_add_(0, root_t, v[torch.tensor(local, device=v.device)].float())
+        count.scatter_add_(0, root_t, torch.ones(len(root), device=v.device))
+    if total is None:
+        return None
+    return total / count.clamp_min(1)
+
+
+class SCAImportance(tp.importance.Importance):
+    """Spiking Channel Activity importance (Li et al., ICML 2024).
+
+    Args:
+        definition: ``"spike_plus_v"`` (reference code, default) or ``"membrane_l1"`` (paper text).
+            See :mod:`sca_plugin.activity` for why the reference definition is the default.
+        normalizer: optional Torch-Pruning style normaliser applied per group (``"mean"``, ``"max"``,
+            ``"sum"``, ``"standarization"``) or None. SCA ranks raw scores across layers: membrane
+            potentials share the firing threshold as a common scale.
+
+    Statistics are collected by hooks once the importance is attached to a model
+    (``attach(model)``; :class:`~sca_plugin.SCAPruner` does it for you). Inside Torch-Pruning's
+    own pruners::
+
+        imp = SCAImportance().attach(model)
+        for x, y in loader: ...  # training-mode forward passes
+        pruner = SpikingMetaPruner(model, example_inputs, importance=imp, pruning_ratio=0.5)
+        pruner.step()
+    """
+
+    def __init__(self, definition: str = "spike_plus_v", normalizer: Optional[str] = None) -> None:
+        self.recorder = MembraneActivityRecorder(definition)
+        self.normalizer = normalizer
+
+    @property
+    def definition(self) -> str:
+        return self.recorder.definition
+
+    def attach(self, model: nn.Module) -> "SCAImportance":
+        self.recorder.attach(model)
+        return self
+
+    def detach(self) -> None:
+        self.recorder.detach()
+
+    def reset(self) -> None:
+        self.recorder.reset()
+
+    def has_statistics(self, group) -> bool:
+        return any(self.recorder.score(m) is not None for m in group_members(group, is_spiking_neuron))
+
+    @torch.no_grad()
+    def __call__(self, group) -> Optional[torch.Tensor]:
+        members = group_members(group, is_spiking_neuron)
+        if not members:
+            return None  # no spiking neuron in this group: nothing to score
+        scores = {m: self.recorder.score(m) for m in members}
+        if all(s is None for s in scores.values()):
+            raise RuntimeError(
+                "SCAImportance has no training statistics for this group: attach it to the model "
+                "(SCAImportance().attach(model)) and run training-mode forward passes first"
+            )
+        imp = group_channel_mean(group, scores, is_spiking_neuron)
+        return self._normalize(imp)
+
+    def _normalize(self, imp: torch.Tensor) -> torch.Tensor:
+        if self.normalizer is None:
+            return imp
+        if self.normalizer == "mean":
+            return imp / imp.mean().clamp_min(1e-12)
+        if self.normalizer == "max":
+            return imp / imp.max().clamp_min(1e-12)
+        if self.normalizer == "sum":
+            return imp / imp.sum().clamp_min(1e-12)
+        if self.normalizer == "standarization":
+            return (imp - imp.min()) / (imp.max() - imp.min()).clamp_min(1e-12)
+        raise ValueError(f"unknown normalizer {self.normalizer!r}; use None, 'mean', 'max', 'sum' or 'standarization'")

@@ -1,0 +1,507 @@
+"""SCAPruner: dynamic prune-and-regrow of whole channels during training, then physical removal.
+
+Built on Torch-Pruning: the dependency graph (with spiking neurons registered and the time
+dimension repaired, see :mod:`sca_plugin.graph`) decides which layers share a channel, so residual
+adds, concatenations and pre-activation blocks are coupled by the graph, and ``finalize()``
+removes the masked channels through it.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning import ops
+from spikingjelly.activation_based import functional
+
+from .graph import SpikingMetaPruner, _call, preserve_training_mode
+from .importance import SCAImportance, group_channel_mean, group_members
+from .masking import ChannelMasker
+from .neurons import is_spiking_neuron
+from .schedule import SCHEDULES, sparsity_at
+from .selection import MODES, Selection, select_channels
+
+__all__ = ["SCAPruner"]
+
+_STATE_FORMAT = "sca_plugin.SCAPruner/1"
+_CONFIG_KEYS = ("pruning_ratio", "regrow_ratio", "global_pruning", "mode", "schedule",
+                "ramp_updates", "min_channels", "round_to", "definition")
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return isinstance(m, ops.TORCH_BATCHNORM)
+
+
+def _outputs_as_list(out) -> List[torch.Tensor]:
+    return [t for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor)]
+
+
+class SCAPruner(SpikingMetaPruner):
+    """Spiking Channel Activity pruning (Li et al., ICML 2024) as a Torch-Pruning pruner.
+
+    Args:
+        model: a SpikingJelly network (multi-step or single-step).
+        example_inputs: inputs exactly as ``model`` takes them (used to trace the graph and to
+            check ``finalize()``).
+        importance: channel importance; :class:`SCAImportance` by default. Any
+            ``tp.importance.Importance`` works (it then ranks the channels instead of SCA).
+        pruning_ratio: target fraction ``s`` of prunable channels that are masked, in [0, 1).
+        regrow_ratio: fraction ``q`` of all prunable channels regrown at each update, ``q <= s``.
+        global_pruning: rank all channels of the network together (paper) or per group.
+        ignored_layers: modules whose output channels are never pruned (e.g. the classifier).
+        l1: strength of the L1 penalty that :meth:`regularize` adds to conv-weight gradients.
+        mode: ``"incremental"`` (default) or ``"rebuild"`` (reference code); see
+            :mod:`sca_plugin.selection`.
+        schedule: ``"constant"`` (paper: full target from the first update), ``"linear"`` or
+            ``"cubic"`` (AGP-like ramp over ``ramp_updates`` updates).
+        update_interval: with :meth:`maybe_update_masks`, update the masks every this many steps.
+        min_channels: never keep fewer channels than this in a group.
+        round_to: kept channel counts are multiples of this (as in Torch-Pruning).
+        root_module_types: module types whose output channels are pruned (default: convolutions).
+        verify_atol: ``finalize()`` checks that the pruned model's outputs equal the masked
+            model's within this tolerance and rolls back otherwise; None skips the check.
+        **kwargs: passed on to ``tp.pruner.BasePruner`` (e.g. ``forward_fn``, ``customized_pruners``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        importance: Optional[tp.importance.Importance] = None,
+        pruning_ratio: float = 0.5,
+        regrow_ratio: float = 0.1,
+        global_pruning: bool = True,
+        ignored_layers: Optional[Sequence[nn.Module]] = None,
+        l1: float = 3e-5,
+        *,
+        mode: str = "incremental",
+        schedule: str = "constant",
+        ramp_updates: int = 1,
+        update_interval: Optional[int] = None,
+        min_channels: int = 1,
+        round_to: Optional[int] = None,
+        root_module_types: Sequence[type] = (ops.TORCH_CONV,),
+        verify_atol: Optional[float] = 1e-5,
+        **kwargs: Any,
+    ) -> None:
+        importance = SCAImportance() if importance is None else importance
+        self._validate_arguments(model, importance, pruning_ratio, regrow_ratio, ignored_layers, l1,
+                                 mode, schedule, ramp_updates, update_interval, min_channels, round_to)
+        super().__init__(model, example_inputs, importance, global_pruning=global_pruning,
+                         pruning_ratio=pruning_ratio, ignored_layers=list(ignored_layers or []),
+                         round_to=round_to, root_module_types=list(root_module_types), **kwargs)
+        self.example_inputs = example_inputs
+        self.forward_fn = kwargs.get("forward_fn")
+        self.regrow_ratio = regrow_ratio
+        self.l1 = l1
+        self.mode = mode
+        self.schedule = schedule
+        self.ramp_updates = ramp_updates
+        self.update_interval = update_interval
+        self.min_channels = min_channels
+        self.verify_atol = verify_atol
+
+        self.module_names: Dict[nn.Module, str] = {m: n for n, m in model.named_modules()}
+        self.groups = [
+            (group[0].dep.target.module, group)
+            for group in self.DG.get_all_groups(ignored_layers=self.ignored_layers,
+                                                root_module_types=self.root_module_types)
+        ]
+        self._check_groups()
+        self.masks: List[Optional[torch.Tensor]] = [None] * len(self.groups)
+        self.num_updates = 0
+        self.num_steps = 0
+        self.history: List[dict] = []
+        self.finalized = False
+        self._growth_sum: Dict[nn.Module, torch.Tensor] = {}
+        self._growth_count: Dict[nn.Module, int] = {}
+        self._mask_targets = [self._find_mask_targets(group) for _, group in self.groups]
+        self._masker = ChannelMasker()
+        self._grad_hooks: List = []
+        self._install()
+
+    # ------------------------------------------------------------------ validation
+    @staticmethod
+    def _validate_arguments(model, importance, pruning_ratio, regrow_ratio, ignored_layers, l1,
+                            mode, schedule, ramp_updates, update_interval, min_channels, round_to) -> None:
+        if not isinstance(importance, tp.importance.Importance):
+            raise TypeError(f"importance must be a torch_pruning.importance.Importance, got {type(importance).__name__}")
+        for name, value in (("pruning_ratio", pruning_ratio), ("regrow_ratio", regrow_ratio)):
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        if regrow_ratio > pruning_ratio:
+            raise ValueError(
+                f"regrow_ratio ({regrow_ratio}) is larger than pruning_ratio ({pruning_ratio}): only masked "
+                f"channels can be regrown, so use regrow_ratio <= pruning_ratio")
+        if not isinstance(l1, (int, float)) or l1 < 0:
+            raise ValueError(f"l1 must be a non-negative number, got {l1!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        for name, value, allow_none in (("ramp_updates", ramp_updates, False), ("update_interval", update_interval, True),
+                                        ("min_channels", min_channels, False), ("round_to", round_to, True)):
+            if value is None and allow_none:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+        members = set(model.modules())
+        for layer in ignored_layers or []:
+            if isinstance(layer, nn.Module) and layer not in members:
+                raise ValueError(
+                    f"ignored layer {layer.__class__.__name__} ({layer!r:.80}) is not a submodule of the model; "
+                    f"pass modules of the model being pruned (e.g. ignored_layers=[model.classifier])")
+            if not isinstance(layer, (nn.Module, nn.Parameter)):
+                raise TypeError(f"ignored_layers must hold nn.Module or nn.Parameter objects, got {type(layer).__name__}")
+        neurons = [m for m in model.modules() if is_spiking_neuron(m)]
+        if not neurons:
+            raise ValueError("the model has no spiking neurons (spikingjelly.activation_based.neuron): "
+                             "SCA scores channels by membrane activity, so it prunes spiking networks only")
+        if isinstance(importance, SCAImportance):
+            if importance.recorder.model is not None:
+                raise ValueError("this SCAImportance is already attached to a model; give each pruner its own")
+            importance.recorder.check_supported(neurons)
+
+    def _check_groups(self) -> None:
+        if not self.groups:
+            raise ValueError("no prunable channel groups: every convolution is ignored or the model has none "
+                             f"of the root module types {self.root_module_types}")
+        for root, group in self.groups:
+            name = self.module_names.get(root, repr(root))
+            if isinstance(self.importance, SCAImportance) and not group_members(group, is_spiking_neuron):
+                raise ValueError(
+                    f"the channels of {name} reach no spiking neuron, so they have no SCA score; "
+                    f"add {name} to ignored_layers or use another importance")
+            if self.regrow_ratio > 0 and not any(
+                    getattr(m, "weight", None) is not None for m in group_members(group, _is_bn)):
+                raise ValueError(
+                    f"the channels of {name} have no BatchNorm with a weight, but regrowth ranks masked channels "
+                    f"by |dL/dgamma|; add a BatchNorm after {name}, ignore it, or use regrow_ratio=0")
+
+    # ------------------------------------------------------------------ hooks
+    def _find_mask_targets(self, group) -> List[tuple]:
+        """Layers whose outputs carry the group's channels: BatchNorms, and conv/linear outputs not
+        consumed by a BatchNorm of the same group (which zeroes them already)."""
+        bns = set(group_members(group, _is_bn))
+        producers = group_members(group, lambda m: isinstance(m, (ops.TORCH_CONV, ops.TORCH_LINEAR)))
+        targets = []
+        for module, (local, root) in group_members(group, _is_bn).items():
+            targets.append((module, local, root))
+        for module, (local, root) in producers.items():
+            item_handlers = [it.dep.handler for it in group if it.dep.target.module is module]
+            if not any(self.DG.is_out_channel_pruning_fn(h) and not self.DG.is_in_channel_pruning_fn(h) for h in item_handlers):
+                continue  # only its input channels belong to the group
+            if not self._feeds_only(module, bns):
+                targets.append((module, local, root))
+        return targets
+
+    def _feeds_only(self, module: nn.Module, allowed: set) -> bool:
+        stack, seen = list(self.DG.module2node[module].outputs), set()
+        if not stack:
+            return False
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if node.module in self.module_names:  # a real layer of the model
+                if node.module not in allowed:
+                    return False
+            elif len(node.inputs) > 1 or not node.outputs or isinstance(node.module, ops._OutputOp):
+                return False  # mixes with other tensors before any BatchNorm, or reaches the output
+            else:
+                stack.extend(node.outputs)
+        return True
+
+    def _install(self) -> None:
+        if isinstance(self.importance, SCAImportance):
+            self.importance.attach(self.model)
+        if self.regrow_ratio > 0:
+            bns = {m for _, group in self.groups for m in group_members(group, _is_bn) if m.weight is not None}
+            for bn in sorted(bns, key=lambda m: self.module_names[m]):
+                self._grad_hooks.append(bn.weight.register_hook(self._growth_hook(bn)))
+        for i, keep in enumerate(self.masks):
+            if keep is not None:
+                self._apply_mask(i, keep)
+
+    def _uninstall(self) -> None:
+        if isinstance(self.importance, SCAImportance):
+            self.importance.detach()
+        for h in self._grad_hooks:
+            h.remove()
+        self._grad_hooks.clear()
+        self._masker.remove()
+
+    def _growth_hook(self, bn: nn.Module):
+        def hook(grad: torch.Tensor) -> None:
+            g = grad.detach().abs().float()
+            if bn in self._growth_sum:
+                self._growth_sum[bn] += g
+                self._growth_count[bn] += 1
+            else:
+                self._growth_sum[bn] = g.clone()
+                self._growth_count[bn] = 1
+        return hook
+
+    def _apply_mask(self, i: int, keep: torch.Tensor) -> None:
+        for module, local, root in self._mask_targets[i]:
+            n = _out_channels(module)
+            module_keep = torch.ones(n, dtype=torch.bool)
+            module_keep[torch.tensor(local)] = keep[torch.tensor(root)]
+            device = next((p.device for p in module.parameters()), keep.device)
+            self._masker.set_mask(module, module_keep.to(device))
+
+    # ------------------------------------------------------------------ training-loop API
+    def regularize(self, model: nn.Module, reg: Optional[float] = None) -> None:
+        """Add ``l1 * sign(W)`` to the gradient of every conv weight (reference code); call after
+        ``loss.backward()`` and before ``optimizer.step()``."""
+        if model is not self.model:
+            raise ValueError("regularize() got a different model than the one this pruner was built for")
+        strength = self.l1 if reg is None else reg
+        if strength == 0:
+            return
+        ignored = set(self.ignored_layers)
+        for m in model.modules():
+            if isinstance(m, ops.TORCH_CONV) and m not in ignored and m.weight.grad is not None:
+                m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=strength)
+
+    def maybe_update_masks(self) -> bool:
+        """Count one training step; every ``update_interval`` steps run :meth:`update_masks`.
+        Call once per step after ``optimizer.step()``. Returns True when the masks were updated."""
+        if self.update_interval is None:
+            raise RuntimeError("maybe_update_masks() needs update_interval=N when the pruner is built; "
+                               "or call update_masks() yourself")
+        self.num_steps += 1
+        if self.num_steps % self.update_interval == 0:
+            self.update_masks()
+            return True
+        return False
+
+    def current_sparsity_target(self) -> float:
+        return sparsity_at(self.num_updates, self.pruning_ratio, self.schedule, self.ramp_updates)
+
+    @torch.no_grad()
+    def update_masks(self) -> Selection:
+        """Prune by activity and regrow by BN-scale gradient now, from the statistics gathered since
+        the previous update. Returns the :class:`~sca_plugin.selection.Selection`."""
+        if self.finalized:
+            raise RuntimeError("update_masks() after finalize(): the masked channels are already removed")
+        if isinstance(self.importance, SCAImportance):
+            missing = [self.module_names[root] for root, group in self.groups if not self.importance.has_statistics(group)]
+            if missing:
+                raise RuntimeError(
+                    "update_masks() before any training statistics exist for "
+                    f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}: run training-mode "
+                    "forward passes (model.train()) through the model first")
+        if self.regrow_ratio > 0 and not self._growth_count:
+            raise RuntimeError("update_masks() needs BatchNorm gradients for regrowth but none were recorded: "
+                               "call loss.backward() in training before updating the masks")
+        scores = []
+        for root, group in self.groups:
+            imp = self.importance(group)
+            if imp is None:
+                raise RuntimeError(f"importance {type(self.importance).__name__} returned None for the group of "
+                                   f"{self.module_names[root]}; ignore that layer or use another importance")
+            scores.append(imp)
+        growth = None
+        if self.regrow_ratio > 0:
+            mean_grads = {bn: s / self._growth_count[bn] for bn, s in self._growth_sum.items()}
+            growth = []
+            for (_, group), s in zip(self.groups, scores):
+                g = group_channel_mean(group, mean_grads, _is_bn)
+                growth.append(torch.zeros_like(s) if g is None else g)
+        previous = None if self.masks[0] is None else self.masks
+        sparsity = self.current_sparsity_target()
+        selection = select_channels(scores, growth, previous, sparsity, self.regrow_ratio, self.global_pruning,
+                                    self.min_channels, self.round_to, self.mode)
+        for i, keep in enumerate(selection.keep):
+            self.masks[i] = keep
+            self._apply_mask(i, keep)
+        self.history.append({
+            "update": self.num_updates,
+            "step": self.num_steps,
+            "target_sparsity": sparsity,
+            "sparsity": self.sparsity(),
+            "channels": {self.module_names[root]: int(keep.sum()) for (root, _), keep in zip(self.groups, self.masks)},
+            "pruned": int(sum(len(p) for p in selection.pruned)),
+            "regrown": int(sum(len(r) for r in selection.regrown)),
+        })
+        self.num_updates += 1
+        if isinstance(self.importance, SCAImportance):
+            self.importance.reset()
+        self._growth_sum.clear()
+        self._growth_count.clear()
+        return selection
+
+    # ------------------------------------------------------------------ queries
+    def group_names(self) -> List[str]:
+        return [self.module_names[root] for root, _ in self.groups]
+
+    def channel_counts(self) -> Dict[str, tuple]:
+        """``{layer: (channels, kept)}`` for every prunable group, named by its root layer."""
+        out = {}
+        for (root, group), keep in zip(self.groups, self.masks):
+            n = len(group[0].idxs)
+            out[self.module_names[root]] = (n, n if keep is None else int(keep.sum()))
+        return out
+
+    def sparsity(self) -> float:
+        """Fraction of prunable channels currently masked."""
+        counts = self.channel_counts().values()
+        total = sum(n for n, _ in counts)
+        return 1.0 - sum(k for _, k in counts) / total
+
+    def step(self, interactive: bool = False):
+        raise RuntimeError("SCAPruner prunes softly during training: call update_masks() to change the masks "
+                           "and finalize() to remove the masked channels (tp.pruner.MetaPruner.step() is one-shot)")
+
+    # ------------------------------------------------------------------ physical removal
+    def finalize(self, example_inputs: Any = None) -> nn.Module:
+        """Remove the masked channels physically, in place, through Torch-Pruning; return the model.
+
+        The masked model's outputs before and the pruned model's after (eval mode, fresh neuron
+        state) must agree within ``verify_atol``; otherwise every change is rolled back and a
+        RuntimeError is raised. Afterwards rebuild the optimizer (:meth:`rebuild_optimizer`): the
+        pruned layers hold new parameter tensors.
+        """
+        if self.finalized:
+            raise RuntimeError("finalize() was already called: the masked channels are removed")
+        if self.masks[0] is None:
+            raise RuntimeError("finalize() before any mask exists: call update_masks() at least once")
+        model = self.model
+        inputs = self.example_inputs if example_inputs is None else example_inputs
+        self._param_names = {id(p): n for n, p in model.named_parameters()}
+        reference = self._evaluate(inputs) if self.verify_atol is not None else None
+        self._uninstall()
+        backup = copy.deepcopy(model)
+        try:
+            for (root, _), keep in zip(self.groups, self.masks):
+                idxs = torch.nonzero(~keep).flatten().tolist()
+                if idxs:
+                    pruning_fn = self.DG.get_pruner_of_module(root).prune_out_channels
+                    group = self.DG.get_pruning_group(root, pruning_fn, idxs)
+                    group.prune()
+            functional.reset_net(model)
+            if reference is not None:
+                diff = max((a - b).abs().max().item() for a, b in zip(reference, self._evaluate(inputs)))
+                if not diff <= self.verify_atol:
+                    raise RuntimeError(
+                        f"the pruned model's outputs differ from the masked model's by {diff:.3g} "
+                        f"(> verify_atol={self.verify_atol}); the model was restored. Please report this "
+                        f"architecture; finalize with verify_atol=None to skip the check")
+        except Exception:
+            _restore(model, backup)
+            self._install()
+            raise
+        self.finalized = True
+        return model
+
+    def _evaluate(self, inputs: Any) -> List[torch.Tensor]:
+        with preserve_training_mode(self.model), torch.no_grad():
+            self.model.eval()
+            functional.reset_net(self.model)
+            out = [t.detach().clone() for t in _outputs_as_list(_call(self.model, inputs, self.forward_fn))]
+            functional.reset_net(self.model)
+        return out
+
+    def rebuild_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """A new optimizer of the same class and hyper-parameters over the finalized model's parameters.
+
+        Param groups are matched by parameter name. Per-parameter state (momentum, Adam moments)
+        is not carried over: its shapes belonged to the unpruned layers.
+        """
+        if not self.finalized:
+            raise RuntimeError("rebuild_optimizer() is for after finalize(); before it the parameters are unchanged")
+        new_params = dict(self.model.named_parameters())
+        groups = []
+        for group in optimizer.param_groups:
+            settings = {k: v for k, v in group.items() if k != "params"}
+            names = [self._param_names.get(id(p)) for p in group["params"]]
+            unknown = [i for i, n in enumerate(names) if n is None or n not in new_params]
+            if unknown:
+                raise ValueError("the optimizer holds parameters that are not in the pruned model; "
+                                 "build it from model.parameters() of the same model")
+            groups.append({**settings, "params": [new_params[n] for n in names]})
+        return type(optimizer)(groups, **optimizer.defaults)
+
+    # ------------------------------------------------------------------ state
+    def _config(self) -> dict:
+        definition = self.importance.definition if isinstance(self.importance, SCAImportance) else None
+        return {"pruning_ratio": self.pruning_ratio, "regrow_ratio": self.regrow_ratio,
+                "global_pruning": self.global_pruning, "mode": self.mode, "schedule": self.schedule,
+                "ramp_updates": self.ramp_updates, "min_channels": self.min_channels,
+                "round_to": self.round_to, "definition": definition, "l1": self.l1,
+                "update_interval": self.update_interval}
+
+    def state_dict(self) -> dict:
+        """Masks, statistics accumulators, counters and history: enough to resume training with
+        the same future masks."""
+        names = self.module_names
+        return {
+            "format": _STATE_FORMAT,
+            "config": self._config(),
+            "groups": self.group_names(),
+            "group_sizes": [len(group[0].idxs) for _, group in self.groups],
+            "masks": [None if m is None else m.clone() for m in self.masks],
+            "num_updates": self.num_updates,
+            "num_steps": self.num_steps,
+            "finalized": self.finalized,
+            "activity": (self.importance.recorder.state_dict(names)
+                         if isinstance(self.importance, SCAImportance) else {}),
+            "growth": {names[bn]: {"sum": s.detach().cpu().clone(), "count": self._growth_count[bn]}
+                       for bn, s in self._growth_sum.items()},
+            "history": copy.deepcopy(self.history),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; everything is checked before anything changes."""
+        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+            raise ValueError(f"not an SCAPruner state dict (expected format {_STATE_FORMAT!r})")
+        cfg = state["config"]
+        mismatched = [f"{k}: saved {cfg.get(k)!r}, here {self._config()[k]!r}"
+                      for k in _CONFIG_KEYS if cfg.get(k) != self._config()[k]]
+        if mismatched:
+            raise ValueError("the state dict was made with other pruner settings (" + "; ".join(mismatched)
+                             + "); build the pruner with the same settings")
+        sizes = [len(group[0].idxs) for _, group in self.groups]
+        if state["groups"] != self.group_names() or state["group_sizes"] != sizes:
+            raise ValueError("the state dict belongs to another architecture: its prunable layers "
+                             f"{list(zip(state['groups'], state['group_sizes']))[:4]}... do not match this model's "
+                             f"{list(zip(self.group_names(), sizes))[:4]}...")
+        if bool(state["finalized"]) != self.finalized:
+            raise ValueError("the state dict was saved after finalize() and this pruner is not finalized (or the "
+                             "reverse); load the finalized model with torch.load instead")
+        modules = {n: m for m, n in self.module_names.items()}
+        unknown = [n for n in list(state["activity"]) + list(state["growth"]) if n not in modules]
+        if unknown:
+            raise ValueError(f"the state dict refers to layers this model does not have: {unknown[:5]}")
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        self.masks = [None if m is None else m.clone().bool().cpu() for m in state["masks"]]
+        for i, keep in enumerate(self.masks):
+            if keep is not None:
+                self._apply_mask(i, keep)
+        self.num_updates = int(state["num_updates"])
+        self.num_steps = int(state["num_steps"])
+        self.history = copy.deepcopy(state["history"])
+        if isinstance(self.importance, SCAImportance):
+            self.importance.recorder.load_state_dict(state["activity"], modules, device)
+        self._growth_sum = {modules[n]: e["sum"].to(device) for n, e in state["growth"].items()}
+        self._growth_count = {modules[n]: int(e["count"]) for n, e in state["growth"].items()}
+
+
+def _out_channels(module: nn.Module) -> int:
+    for attr in ("num_features", "out_channels", "out_features"):
+        if hasattr(module, attr):
+            return int(getattr(module, attr))
+    raise TypeError(f"cannot mask the outputs of {type(module).__name__}")
+
+
+def _restore(model: nn.Module, backup: nn.Module) -> None:
+    """Put every submodule's parameters, buffers and attributes back from ``backup`` (same structure)."""
+    for (_, module), (_, saved) in zip(model.named_modules(), backup.named_modules()):
+        for key, value in saved.__dict__.items():
+            if key != "_modules":
+                module.__dict__[key] = value

@@ -1,0 +1,155 @@
+"""Which channels stay: SCA's prune-by-activity, regrow-by-gradient rule (pure tensor code).
+
+One update, for target sparsity ``s`` and regrow fraction ``q`` over ``N`` prunable channels:
+
+1. keep the ``(1 - s - q) * N`` channels with the highest activity score;
+2. among the masked channels, regrow the ``q * N`` with the largest ``|dL/dgamma|``;
+   so ``(1 - s) * N`` channels stay, ``q * N`` of them regrown.
+
+``mode="rebuild"`` (the reference code) rebuilds the mask from scratch at every update: step 1
+ranks all channels and step 2 may regrow a channel that step 1 just pruned. ``mode="incremental"``
+(default) starts from the current mask: step 1 drops the weakest *kept* channels and step 2
+regrows only channels that were masked before this update, so every update really exchanges
+channels (as in RigL). Both give the same first update. Ranking is global over all groups or per
+group; every group keeps at least its floor (``min_channels``, and ``round_to``), and with
+``round_to`` each group's kept count is rounded to a multiple of it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import torch
+
+__all__ = ["MODES", "Selection", "select_channels", "channel_floor"]
+
+MODES = ("incremental", "rebuild")
+
+
+@dataclass
+class Selection:
+    keep: List[torch.Tensor]                              # per group: bool, True = channel kept
+    pruned: List[torch.Tensor] = field(default_factory=list)   # per group: indices masked by this update
+    regrown: List[torch.Tensor] = field(default_factory=list)  # per group: indices unmasked by regrowth
+
+
+def channel_floor(n: int, min_channels: int, round_to: Optional[int]) -> int:
+    """The fewest channels a group of ``n`` may keep."""
+    floor = max(min_channels, round_to or 1)
+    if round_to:
+        floor = math.ceil(floor / round_to) * round_to
+    return min(n, floor)
+
+
+def _order(values: torch.Tensor, idx: torch.Tensor, descending: bool = True) -> torch.Tensor:
+    """``idx`` sorted by ``values[idx]``; ties broken by index, so results are deterministic."""
+    if idx.numel() == 0:
+        return idx
+    _, order = torch.sort(values[idx], descending=descending, stable=True)
+    return idx[order]
+
+
+def _take_best(values, candidates, budget, floors, offsets, global_ranking):
+    """Bool mask of the best ``budget`` candidates by ``values``, every group keeping its floor first."""
+    n_groups = len(floors)
+    chosen = torch.zeros_like(candidates)
+    for g in range(n_groups):
+        idx = torch.nonzero(candidates[offsets[g]:offsets[g + 1]]).flatten() + offsets[g]
+        chosen[_order(values, idx)[: floors[g]]] = True
+    if global_ranking:
+        rest = torch.nonzero(candidates & ~chosen).flatten()
+        extra = max(0, int(budget) - int(chosen.sum()))
+        chosen[_order(values, rest)[:extra]] = True
+    else:
+        for g in range(n_groups):
+            sl = slice(offsets[g], offsets[g + 1])
+            rest = torch.nonzero((candidates & ~chosen)[sl]).flatten() + offsets[g]
+            extra = max(0, int(budget[g]) - int(chosen[sl].sum()))
+            chosen[_order(values, rest)[:extra]] = True
+    return chosen
+
+
+def select_channels(
+    scores: Sequence[torch.Tensor],
+    growth: Optional[Sequence[torch.Tensor]],
+    previous: Optional[Sequence[torch.Tensor]],
+    sparsity: float,
+    regrow_ratio: float,
+    global_ranking: bool = True,
+    min_channels: int = 1,
+    round_to: Optional[int] = None,
+    mode: str = "incremental",
+) -> Selection:
+    """Compute the new keep-masks of all groups (see the module docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
+    sizes = [int(s.numel()) for s in scores]
+    offsets = [0]
+    for n in sizes:
+        offsets.append(offsets[-1] + n)
+    N = offsets[-1]
+    score = torch.cat([s.detach().float().cpu() for s in scores])
+    grow = torch.cat([g.detach().float().cpu() for g in growth]) if growth is not None else torch.zeros(N)
+    prev = torch.cat([p.detach().bool().cpu() for p in previous]) if previous is not None else None
+    floors = [channel_floor(n, min_channels, round_to) for n in sizes]
+
+    if global_ranking:
+        n_keep = N - round(sparsity * N)
+        n_regrow = round(regrow_ratio * N)
+        keep_budget = max(n_keep - n_regrow, 0)
+    else:
+        n_keep = [max(n - round(sparsity * n), f) for n, f in zip(sizes, floors)]
+        keep_budget = [max(k - round(regrow_ratio * n), 0) for k, n in zip(n_keep, sizes)]
+
+    incremental = prev is not None and mode == "incremental"
+    candidates = prev.clone() if incremental else torch.ones(N, dtype=torch.bool)
+    kept = _take_best(score, candidates, keep_budget, floors, offsets, global_ranking)
+
+    # regrowth: fill up to the target with the largest |dL/dgamma| among masked channels,
+    # preferring (incremental mode) channels that were already masked before this update
+    masked = ~kept
+    pools = [masked & ~prev, masked & prev] if incremental else [masked]
+    regrown = torch.zeros(N, dtype=torch.bool)
+    if global_ranking:
+        need = max(0, n_keep - int(kept.sum()))
+        for pool in pools:
+            pick = _order(grow, torch.nonzero(pool & ~regrown).flatten())[:need]
+            regrown[pick] = True
+            need -= int(pick.numel())
+    else:
+        for g in range(len(sizes)):
+            sl = slice(offsets[g], offsets[g + 1])
+            need = max(0, n_keep[g] - int(kept[sl].sum()))
+            for pool in pools:
+                pick = _order(grow, torch.nonzero((pool & ~regrown)[sl]).flatten() + offsets[g])[:need]
+                regrown[pick] = True
+                need -= int(pick.numel())
+    keep = kept | regrown
+
+    if round_to:
+        for g, n in enumerate(sizes):
+            sl = slice(offsets[g], offsets[g + 1])
+            k = int(keep[sl].sum())
+            target = min(n, max(floors[g], int(round(k / round_to)) * round_to))
+            if target > k:
+                add = _order(grow, torch.nonzero(~keep[sl]).flatten() + offsets[g])[: target - k]
+                keep[add] = True
+                regrown[add] = True
+            elif target < k:
+                idx = torch.nonzero(keep[sl]).flatten() + offsets[g]
+                # drop the weakest by score, channels regrown just now last
+                key = score.clone()
+                key[regrown] = float("inf")
+                drop = _order(key, idx, descending=False)[: k - target]
+                keep[drop] = False
+                regrown[drop] = False
+
+    before = prev if prev is not None else torch.ones(N, dtype=torch.bool)
+    out = Selection(keep=[], pruned=[], regrown=[])
+    for g in range(len(sizes)):
+        sl = slice(offsets[g], offsets[g + 1])
+        out.keep.append(keep[sl].clone())
+        out.pruned.append(torch.nonzero(before[sl] & ~keep[sl]).flatten())
+        out.regrown.append(torch.nonzero(regrown[sl] & keep[sl]).flatten())
+    return out
