@@ -136,6 +136,11 @@ class MembraneActivityRecorder:
             channel_sum = act.sum(dim=dims, dtype=torch.float32)
             count = act.numel() // act.shape[dim]
         if module in self.sums:
+            if self.sums[module].shape != channel_sum.shape:
+                raise RuntimeError(
+                    f"{type(module).__name__} now has {channel_sum.numel()} channels but its SCA statistics were "
+                    f"recorded with {self.sums[module].numel()}: the model was pruned since. Call reset() to start "
+                    "new statistics, or detach() the importance once pruning is done")
             self.sums[module] += channel_sum
             self.counts[module] += count
         else:

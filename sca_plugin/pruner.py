@@ -376,7 +376,7 @@ class SCAPruner(SpikingMetaPruner):
         self._param_names = {id(p): n for n, p in model.named_parameters()}
         reference = self._evaluate(inputs) if self.verify_atol is not None else None
         self._uninstall()
-        backup = copy.deepcopy(model)
+        saved = _ModuleSnapshot(model, self.DG, self.neuron_pruner)
         try:
             for (root, _), keep in zip(self.groups, self.masks):
                 idxs = torch.nonzero(~keep).flatten().tolist()
@@ -393,7 +393,7 @@ class SCAPruner(SpikingMetaPruner):
                         f"(> verify_atol={self.verify_atol}); the model was restored. Please report this "
                         f"architecture; finalize with verify_atol=None to skip the check")
         except Exception:
-            _restore(model, backup)
+            saved.restore()
             self._install()
             raise
         self.finalized = True
@@ -499,9 +499,23 @@ def _out_channels(module: nn.Module) -> int:
     raise TypeError(f"cannot mask the outputs of {type(module).__name__}")
 
 
-def _restore(model: nn.Module, backup: nn.Module) -> None:
-    """Put every submodule's parameters, buffers and attributes back from ``backup`` (same structure)."""
-    for (_, module), (_, saved) in zip(model.named_modules(), backup.named_modules()):
-        for key, value in saved.__dict__.items():
-            if key != "_modules":
-                module.__dict__[key] = value
+class _ModuleSnapshot:
+    """References to every submodule's parameters, buffers and attributes, to undo a failed prune.
+
+    Torch-Pruning replaces tensors instead of editing them in place, so holding the old references
+    is enough: restoring gives back the very same Parameter objects (an optimizer built on them
+    stays valid) without copying any data.
+    """
+
+    def __init__(self, model: nn.Module, DG: tp.DependencyGraph, neuron_pruner) -> None:
+        self.modules = [(m, {k: (dict(v) if k in ("_parameters", "_buffers") else v)
+                             for k, v in m.__dict__.items() if k != "_modules"})
+                        for m in model.modules()]
+        self.DG, self.history_len = DG, len(DG._pruning_history)
+        self.neuron_pruner, self.neuron_channels = neuron_pruner, dict(neuron_pruner._channels)
+
+    def restore(self) -> None:
+        for module, saved in self.modules:
+            module.__dict__.update(saved)
+        del self.DG._pruning_history[self.history_len:]
+        self.neuron_pruner._channels.update(self.neuron_channels)

@@ -1,0 +1,62 @@
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional, layer, neuron
+
+
+def train_steps(model, x, y, steps=2, pruner=None, lr=0.05, optimizer=None):
+    """A few plain SGD steps (the user's loop with the SCA lines)."""
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        if pruner is not None:
+            pruner.regularize(model)
+        optimizer.step()
+        functional.reset_net(model)
+    return optimizer
+
+
+def outputs(model, x):
+    """Eval-mode output with fresh neuron state (the invariant's comparison)."""
+    was = model.training
+    model.eval()
+    functional.reset_net(model)
+    with torch.no_grad():
+        out = model(x).clone()
+    functional.reset_net(model)
+    model.train(was)
+    return out
+
+
+def snapshot(model):
+    """Everything a failed call must leave untouched."""
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "training": [m.training for m in model.modules()],
+        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
+        "params": [p for p in model.parameters()],
+    }
+
+
+def assert_unchanged(model, snap):
+    now = snapshot(model)
+    assert now["state"].keys() == snap["state"].keys()
+    for k in snap["state"]:
+        assert torch.equal(now["state"][k], snap["state"][k]), k
+    assert now["training"] == snap["training"]
+    assert now["hooks"] == snap["hooks"]
+    assert all(a is b for a, b in zip(now["params"], snap["params"]))
+
+
+@pytest.fixture
+def digits_batch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 1, 8, 8, generator=g) * 2
+    y = torch.randint(0, 10, (16,), generator=g)
+    return x, y
