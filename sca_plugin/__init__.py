@@ -6,7 +6,7 @@ SCA (Spiking Channel Activity-based pruning, Li et al., ICML 2024) as Torch-Prun
 physically at the end), for SpikingJelly networks in single- and multi-step mode.
 """
 from .activity import MembraneActivityRecorder
-from .graph import SpikingMetaPruner, repair_time_dimension, spiking_neuron_pruners
+from .graph import SpikingMetaPruner, repair_time_dimension, replay_pruning, spiking_neuron_pruners
 from .importance import SCAImportance
 from .neurons import SpikingNeuronPruner, is_spiking_neuron, register_charge_function, register_neuron_class
 from .pruner import SCAPruner
@@ -23,6 +23,7 @@ __all__ = [
     "SpikingNeuronPruner",
     "MembraneActivityRecorder",
     "repair_time_dimension",
+    "replay_pruning",
     "spiking_neuron_pruners",
     "is_spiking_neuron",
     "register_neuron_class",

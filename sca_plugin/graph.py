@@ -33,6 +33,7 @@ __all__ = [
     "spiking_neuron_pruners",
     "SpikingMetaPruner",
     "preserve_training_mode",
+    "replay_pruning",
 ]
 
 
@@ -143,3 +144,19 @@ class SpikingMetaPruner(tp.pruner.BasePruner):
         functional.reset_net(model)
         repair_time_dimension(self.DG)
         self.neuron_pruner = neuron_pruner
+
+
+def replay_pruning(model: nn.Module, example_inputs: Any, history, forward_fn=None) -> nn.Module:
+    """Prune a freshly built ``model`` in place as recorded in ``pruner.pruning_history()``.
+
+    Use it to load a finalized model from a ``state_dict``: build the unpruned architecture,
+    replay the history, then ``load_state_dict``.
+    """
+    DG = tp.DependencyGraph()
+    pruners = spiking_neuron_pruners(model, example_inputs, forward_fn)
+    with preserve_training_mode(model):
+        DG.build_dependency(model, example_inputs, forward_fn=forward_fn, customized_pruners=pruners, verbose=False)
+    repair_time_dimension(DG)
+    DG.load_pruning_history(history)
+    functional.reset_net(model)
+    return model

@@ -290,3 +290,18 @@ def test_min_channels_and_round_to_in_the_pruner(digits_batch):
         assert k >= 4 and k % 4 == 0
     pruner.finalize()
     assert all(c % 4 == 0 for c in conv_out_channels(model).values())
+
+
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+def test_finalized_model_reloads_from_state_dict_and_pruning_history(step_mode, tmp_path):
+    from sca_plugin import replay_pruning
+
+    torch.manual_seed(0)
+    model = preact_resnet18(width=0.125, T=2, step_mode=step_mode)
+    pruner, _, after, _, _ = masked_vs_finalized(model, 8)
+    torch.save({"state": model.state_dict(), "history": pruner.pruning_history()}, tmp_path / "p.pth")
+    ck = torch.load(tmp_path / "p.pth", weights_only=True)
+    fresh = replay_pruning(preact_resnet18(width=0.125, T=2, step_mode=step_mode), make_batch(8, 2)[0], ck["history"])
+    fresh.load_state_dict(ck["state"])
+    x_test, _ = make_batch(8, n=5, seed=1)
+    assert torch.equal(outputs(fresh, x_test), after)
