@@ -83,6 +83,19 @@ def preserve_training_mode(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _removing_leaked_hooks(model: nn.Module) -> Iterator[None]:
+    """Torch-Pruning's tracer leaves its forward hooks behind when the forward raises: remove them."""
+    before = [(m, set(m._forward_hooks)) for m in model.modules()]
+    try:
+        yield
+    except BaseException:
+        for m, keys in before:
+            for k in set(m._forward_hooks) - keys:
+                del m._forward_hooks[k]
+        raise
+
+
+@contextlib.contextmanager
 def _recording_neuron_channels(model: nn.Module, pruner: SpikingNeuronPruner) -> Iterator[None]:
     hooks = [
         m.register_forward_pre_hook(lambda mod, args: pruner.record(mod, args[0]))
@@ -139,9 +152,18 @@ class SpikingMetaPruner(tp.pruner.BasePruner):
         neuron_pruner = SpikingNeuronPruner()
         pruners: Dict[Any, Any] = {t: neuron_pruner for t in neuron_types_in(model)}
         pruners.update(customized_pruners or {})
-        with preserve_training_mode(model), _recording_neuron_channels(model, neuron_pruner):
-            super().__init__(model, example_inputs, importance, *args, customized_pruners=pruners, forward_fn=forward_fn, **kwargs)
-        functional.reset_net(model)
+        try:
+            with preserve_training_mode(model), _recording_neuron_channels(model, neuron_pruner), \
+                    _removing_leaked_hooks(model):
+                super().__init__(model, example_inputs, importance, *args, customized_pruners=pruners,
+                                 forward_fn=forward_fn, **kwargs)
+        except (RuntimeError, TypeError, IndexError) as e:
+            raise ValueError(
+                f"tracing the model with example_inputs failed ({type(e).__name__}: {e}); pass example_inputs "
+                "exactly as the model takes them (e.g. [B, C, H, W] or [T, B, C, H, W]), or a forward_fn"
+            ) from e
+        finally:
+            functional.reset_net(model)
         repair_time_dimension(self.DG)
         self.neuron_pruner = neuron_pruner
 

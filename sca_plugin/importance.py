@@ -76,7 +76,11 @@ class SCAImportance(tp.importance.Importance):
         pruner.step()
     """
 
+    NORMALIZERS = (None, "mean", "max", "sum", "standarization")
+
     def __init__(self, definition: str = "spike_plus_v", normalizer: Optional[str] = None) -> None:
+        if normalizer not in self.NORMALIZERS:
+            raise ValueError(f"unknown normalizer {normalizer!r}; use one of {self.NORMALIZERS}")
         self.recorder = MembraneActivityRecorder(definition)
         self.normalizer = normalizer
 
@@ -120,6 +124,4 @@ class SCAImportance(tp.importance.Importance):
             return imp / imp.max().clamp_min(1e-12)
         if self.normalizer == "sum":
             return imp / imp.sum().clamp_min(1e-12)
-        if self.normalizer == "standarization":
-            return (imp - imp.min()) / (imp.max() - imp.min()).clamp_min(1e-12)
-        raise ValueError(f"unknown normalizer {self.normalizer!r}; use None, 'mean', 'max', 'sum' or 'standarization'")
+        return (imp - imp.min()) / (imp.max() - imp.min()).clamp_min(1e-12)  # "standarization"

@@ -27,6 +27,9 @@ from .selection import MODES, Selection, select_channels
 __all__ = ["SCAPruner"]
 
 _STATE_FORMAT = "sca_plugin.SCAPruner/1"
+# BasePruner arguments that keep their meaning here; the others (pruning_ratio_dict,
+# iterative_steps, head pruning, ...) concern Torch-Pruning's own one-shot schedule
+_PASSED_TO_TORCH_PRUNING = {"forward_fn", "output_transform", "customized_pruners", "unwrapped_parameters"}
 _CONFIG_KEYS = ("pruning_ratio", "regrow_ratio", "global_pruning", "mode", "schedule",
                 "ramp_updates", "min_channels", "round_to", "definition")
 
@@ -63,7 +66,8 @@ class SCAPruner(SpikingMetaPruner):
         root_module_types: module types whose output channels are pruned (default: convolutions).
         verify_atol: ``finalize()`` checks that the pruned model's outputs equal the masked
             model's within this tolerance and rolls back otherwise; None skips the check.
-        **kwargs: passed on to ``tp.pruner.BasePruner`` (e.g. ``forward_fn``, ``customized_pruners``).
+        **kwargs: ``forward_fn``, ``output_transform``, ``customized_pruners`` or
+            ``unwrapped_parameters``, passed on to ``tp.pruner.BasePruner``.
     """
 
     def __init__(
@@ -88,6 +92,10 @@ class SCAPruner(SpikingMetaPruner):
         **kwargs: Any,
     ) -> None:
         importance = SCAImportance() if importance is None else importance
+        unsupported = sorted(set(kwargs) - _PASSED_TO_TORCH_PRUNING)
+        if unsupported:
+            raise TypeError(f"SCAPruner does not support {unsupported}: it has its own schedule and ranking; "
+                            f"extra arguments may be {sorted(_PASSED_TO_TORCH_PRUNING)}")
         self._validate_arguments(model, importance, pruning_ratio, regrow_ratio, ignored_layers, l1,
                                  mode, schedule, ramp_updates, update_interval, min_channels, round_to)
         super().__init__(model, example_inputs, importance, global_pruning=global_pruning,

@@ -140,3 +140,22 @@ def test_regularize_adds_l1_sign_to_conv_grads(model, x):
     pruner.regularize(model)
     assert torch.equal(conv.weight.grad, 0.01 * torch.sign(conv.weight.detach()))
     assert model.classifier.weight.grad.abs().sum() == 0  # not a conv
+
+
+def test_example_inputs_of_the_wrong_shape(model):
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match="example_inputs exactly as the model takes them"):
+        SCAPruner(model, torch.rand(4, 3, 8, 8), ignored_layers=[model.classifier])  # 3 channels, model wants 1
+    assert_unchanged(model, snap)
+
+
+def test_torch_pruning_options_without_meaning_here_are_refused(model, x):
+    snap = snapshot(model)
+    with pytest.raises(TypeError, match="pruning_ratio_dict"):
+        SCAPruner(model, x, ignored_layers=[model.classifier], pruning_ratio_dict={model.features[0]: 0.2})
+    assert_unchanged(model, snap)
+
+
+def test_unknown_normalizer():
+    with pytest.raises(ValueError, match="normalizer"):
+        SCAImportance(normalizer="softmax")
