@@ -8,7 +8,6 @@ removes the masked channels through it.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch

@@ -94,7 +94,7 @@ def pruning_report(before: dict, after: dict) -> str:
     """A plain-text before/after table of two :func:`model_stats` results."""
     rows = [("accuracy", before["accuracy"], after["accuracy"]),
             ("parameters", before["parameters"], after["parameters"]),
-            (f"MACs / time step", before["macs_per_step"], after["macs_per_step"]),
+            ("MACs / time step", before["macs_per_step"], after["macs_per_step"]),
             (f"MACs total (T={before['time_steps']})", before["macs_total"], after["macs_total"])]
     for name, n in before["channels"].items():
         rows.append((f"channels {name}", n, after["channels"].get(name)))

@@ -1,10 +1,8 @@
-import copy
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from spikingjelly.activation_based import functional, layer, neuron
+from spikingjelly.activation_based import functional
 
 
 def train_steps(model, x, y, steps=2, pruner=None, lr=0.05, optimizer=None):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional, layer, neuron, surrogate
+from spikingjelly.activation_based import layer, neuron, surrogate
 
 from sca_plugin import SCAImportance, SpikingMetaPruner
 from sca_plugin.activity import MembraneActivityRecorder

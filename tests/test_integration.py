@@ -1,5 +1,4 @@
 """SCA inside Torch-Pruning's own pruners, and the graph repair that makes multi-step nets prunable."""
-import copy
 
 import pytest
 import torch
@@ -7,7 +6,6 @@ import torch.nn as nn
 import torch_pruning as tp
 from spikingjelly.activation_based import functional
 
-from conftest import outputs, train_steps
 from sca_plugin import SCAImportance, SpikingMetaPruner, repair_time_dimension, spiking_neuron_pruners
 from sca_plugin.models import preact_resnet18, resnet18, vgg16
 

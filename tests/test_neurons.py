@@ -1,7 +1,7 @@
 """Spiking neurons in the dependency graph: per-channel parameters and state are sliced."""
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional, layer, neuron
+from spikingjelly.activation_based import layer, neuron
 
 from conftest import outputs, train_steps
 from sca_plugin import SCAPruner, is_spiking_neuron, register_neuron_class

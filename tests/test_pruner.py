@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from spikingjelly.activation_based import functional, layer, neuron
+from spikingjelly.activation_based import functional
 
-from conftest import assert_unchanged, outputs, snapshot, train_steps
-from sca_plugin import SCAImportance, SCAPruner
+from conftest import outputs, train_steps
+from sca_plugin import SCAPruner
 from sca_plugin.importance import group_members
 from sca_plugin.models import digits_cnn, preact_resnet18, resnet18, sew_resnet, vgg16
 from sca_plugin.neurons import is_spiking_neuron
