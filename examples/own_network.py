@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
 from sca_plugin import SCAPruner                                   # SCA
-from sca_plugin.data import load_digits
+from sca_plugin.datasets import load_dataset
 from sca_plugin.reporting import model_stats, pruning_report
 
 T = 4
@@ -52,7 +52,8 @@ def accuracy(model, x, y):
 
 def main():
     torch.manual_seed(0)
-    x_train, y_train, x_test, y_test = load_digits()
+    digits = load_dataset("digits")
+    (x_train, y_train), (x_test, y_test) = digits.train.tensors(), digits.test.tensors()
     model = MySNN()
     before = model_stats(model, x_train[:8])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -90,7 +90,7 @@ def _fmt(v) -> str:
     return f"{v:,}"
 
 
-def pruning_report(before: dict, after: dict) -> str:
+def pruning_report(before: dict, after: dict, labels: tuple = ("before", "after")) -> str:
     """A plain-text before/after table of two :func:`model_stats` results."""
     rows = [("accuracy", before["accuracy"], after["accuracy"]),
             ("parameters", before["parameters"], after["parameters"]),
@@ -99,7 +99,7 @@ def pruning_report(before: dict, after: dict) -> str:
     for name, n in before["channels"].items():
         rows.append((f"channels {name}", n, after["channels"].get(name)))
     width = max(len(r[0]) for r in rows)
-    lines = [f"{'':<{width}}  {'before':>14}  {'after':>14}  {'ratio':>7}", "-" * (width + 43)]
+    lines = [f"{'':<{width}}  {labels[0]:>14}  {labels[1]:>14}  {'ratio':>7}", "-" * (width + 43)]
     for name, b, a in rows:
         ratio = f"{a / b:.3f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "-"
         lines.append(f"{name:<{width}}  {_fmt(b):>14}  {_fmt(a):>14}  {ratio:>7}")

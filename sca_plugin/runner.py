@@ -1,0 +1,423 @@
+"""One training run of ``sca-prune train``: data, model, method, loop, checkpoints, metrics.
+
+Everything a run produces lands in its output folder: ``checkpoint.pt`` (after every epoch,
+written atomically), ``metrics.json``, ``model.pt`` (the finalized model as a pickled module) and
+``model_state.pth`` (weights + pruning history, loadable with ``weights_only=True``).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch_pruning as tp
+from spikingjelly.activation_based import functional
+
+from .config import ConfigError, TrainConfig
+from .importance import SCAImportance
+from .pruner import SCAPruner
+from .reporting import model_stats, pruning_report
+
+__all__ = ["RunError", "run_training", "build_model", "atomic_save", "load_finalized_model"]
+
+CHECKPOINT, METRICS, MODEL, MODEL_STATE = "checkpoint.pt", "metrics.json", "model.pt", "model_state.pth"
+BASELINE = "dense_baseline.json"
+# settings that may differ between an interrupted run and its resumption
+_RESUME_FREE = {"resume", "progress", "tensorboard", "device", "output_dir"}
+
+
+class RunError(RuntimeError):
+    """A run cannot start or continue (existing output, unreadable or mismatched checkpoint)."""
+
+
+# --------------------------------------------------------------------------- files
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, fsync, then rename: a crash never leaves a torn file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- model & method
+def _call_accepting(fn: Callable, **kwargs: Any):
+    params = inspect.signature(fn).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return fn(**kwargs)
+    return fn(**{k: v for k, v in kwargs.items() if k in params})
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_channels: int, input_size) -> nn.Module:
+    """A reference model by name, or ``module:callable`` (called with the keywords it accepts)."""
+    kwargs = dict(num_classes=num_classes, in_channels=in_channels, T=cfg.time_steps, width=cfg.width,
+                  neuron=cfg.neuron, step_mode=cfg.step_mode, input_size=input_size)
+    if ":" in cfg.model:
+        module_name, _, attr = cfg.model.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"cannot import model {cfg.model!r} ({e}); give module:callable importable from here") from e
+        return _call_accepting(factory, **kwargs)
+    from .models import MODELS
+
+    if cfg.model.lower() not in MODELS:
+        raise ConfigError(f"unknown model {cfg.model!r}; use one of {', '.join(MODELS)} or module:callable")
+    factory = MODELS[cfg.model.lower()]
+    if "input_size" not in inspect.signature(factory).parameters:
+        kwargs.pop("input_size")
+    return factory(**kwargs)
+
+
+def _classifier(model: nn.Module) -> nn.Module:
+    if isinstance(getattr(model, "classifier", None), nn.Module):
+        return model.classifier
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError("the model has no `classifier` attribute and no nn.Linear to treat as the output layer")
+    return linears[-1]
+
+
+_TP_IMPORTANCE = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "bnscale": lambda: tp.importance.BNScaleImportance(),
+    "taylor": lambda: tp.importance.GroupTaylorImportance(),
+    "lamp": lambda: tp.importance.LAMPImportance(p=2),
+    "random": lambda: tp.importance.RandomImportance(),
+    "random-init": lambda: tp.importance.RandomImportance(),
+}
+
+
+def build_pruner(cfg: TrainConfig, model: nn.Module, example: Any) -> Optional[SCAPruner]:
+    if cfg.method == "dense":
+        return None
+    importance = SCAImportance() if cfg.method in ("sca", "sca-prune-only") else _TP_IMPORTANCE[cfg.method]()
+    regrow = 0.0 if cfg.method == "sca-prune-only" else cfg.effective_regrow_ratio
+    return SCAPruner(model, example, importance=importance, pruning_ratio=cfg.pruning_ratio, regrow_ratio=regrow,
+                     global_pruning=cfg.global_pruning, ignored_layers=[_classifier(model)], l1=cfg.l1,
+                     mode=cfg.mode, schedule=cfg.schedule, ramp_updates=cfg.ramp_updates,
+                     update_interval=cfg.update_interval)
+
+
+def _updates_in_epoch(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether masks change during/after 0-based ``epoch``."""
+    if cfg.method in ("dense", "random-init"):
+        return False
+    if cfg.oneshot_epoch is not None:
+        return epoch + 1 == cfg.oneshot_epoch
+    return epoch < cfg.epochs - cfg.effective_fixed_mask_epochs
+
+
+# --------------------------------------------------------------------------- data
+def _time_major(x: torch.Tensor, kind: str) -> torch.Tensor:
+    return x.transpose(0, 1) if kind == "event" else x  # loaders give [B, T, ...] event frames
+
+
+def _evaluate(model: nn.Module, loader, kind: str, device) -> float:
+    was = model.training
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in loader:
+            out = model(_time_major(x.to(device), kind))
+            correct += (out.argmax(-1) == y.to(device)).sum().item()
+            total += len(y)
+            functional.reset_net(model)
+    model.train(was)
+    return correct / max(total, 1)
+
+
+# --------------------------------------------------------------------------- RNG
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "loader": generator.get_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(s) if isinstance(s, list) else s for s in state["python"]))
+    generator.set_state(state["loader"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+
+
+# --------------------------------------------------------------------------- the run
+def _check_output_dir(cfg: TrainConfig, out: Path) -> Optional[dict]:
+    ck_path = out / CHECKPOINT
+    if cfg.resume:
+        if not ck_path.is_file():
+            raise RunError(f"--resume: {ck_path} does not exist; start the run without --resume")
+        try:
+            ck = torch.load(ck_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise RunError(f"--resume: {ck_path} is unreadable or truncated ({type(e).__name__}); "
+                           "start a new run in another --output-dir") from e
+        saved = {k: v for k, v in ck.get("config", {}).items() if k not in _RESUME_FREE}
+        now = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
+        diff = sorted(k for k in now if saved.get(k) != now[k])
+        if diff:
+            raise RunError(f"--resume: the checkpoint was made with other settings ({', '.join(diff)}); "
+                           "resume with the same settings")
+        return ck
+    if (out / METRICS).exists() or ck_path.exists():
+        raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --output-dir")
+    return None
+
+
+def run_training(cfg: TrainConfig, log: Callable[[str], None] = print,
+                 on_epoch_end: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
+    """Train (and prune) as ``cfg`` says; returns the metrics also written to ``metrics.json``."""
+    from .datasets import load_dataset
+
+    start = time.time()
+    out = Path(cfg.output_dir or cfg.default_output_dir())
+    checkpoint = _check_output_dir(cfg, out)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA device is available; use --device cpu")
+
+    splits = load_dataset(cfg.dataset, data_root=cfg.data_root, time_steps=cfg.time_steps, seed=cfg.seed,
+                          train_limit=cfg.train_limit, test_limit=cfg.test_limit)
+    _seed_all(cfg.seed)
+    model = build_model(cfg, splits.num_classes, splits.in_channels, splits.input_size).to(device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = torch.utils.data.DataLoader(splits.train, batch_size=cfg.batch_size, shuffle=True, generator=generator)
+    test_loader = torch.utils.data.DataLoader(splits.test, batch_size=max(cfg.batch_size, 256))
+    example = _time_major(next(iter(torch.utils.data.DataLoader(splits.train, batch_size=2)))[0], splits.kind).to(device)
+    before = model_stats(model, example)
+
+    out.mkdir(parents=True, exist_ok=True)
+    baseline = _dense_baseline(cfg, out, splits, train_loader, test_loader, example, device, log) \
+        if cfg.dense_baseline and cfg.method != "dense" else None
+    _seed_all(cfg.seed)
+    model = build_model(cfg, splits.num_classes, splits.in_channels, splits.input_size).to(device)
+    generator.manual_seed(cfg.seed)
+    pruner = build_pruner(cfg, model, example)
+    optimizer, scheduler = _optimizer(cfg, model)
+    epochs_log: List[dict] = []
+    first_epoch = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        if pruner is not None:
+            pruner.load_state_dict(checkpoint["pruner"])
+        _set_rng_state(checkpoint["rng"], generator)
+        epochs_log = checkpoint["epochs_log"]
+        first_epoch = int(checkpoint["epoch"])
+        log(f"resuming {out} after epoch {first_epoch}")
+    elif cfg.method == "random-init":
+        pruner.update_masks()  # the paper's ablation: a random mask fixed before training
+    writer = _tensorboard(out) if cfg.tensorboard else None
+
+    log(f"{splits.description}; model {cfg.model} ({before['parameters']:,} parameters); method {cfg.method}; "
+        f"output {out}")
+
+    def save_checkpoint(epoch: int) -> None:
+        atomic_save({"config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "pruner": pruner.state_dict() if pruner is not None else None,
+                     "rng": _rng_state(generator), "epochs_log": epochs_log}, out / CHECKPOINT)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+
+    _train_loop(cfg, model, pruner, optimizer, scheduler, train_loader, test_loader, splits.kind, device,
+                first_epoch, epochs_log, log, writer, save_checkpoint)
+    if writer is not None:
+        writer.close()
+    return _finish(cfg, out, model, pruner, splits, example, test_loader, device, before, baseline, epochs_log,
+                   start, log)
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module):
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs)
+
+
+def _train_loop(cfg, model, pruner, optimizer, scheduler, train_loader, test_loader, kind, device, first_epoch,
+                epochs_log, log, writer=None, after_epoch=None, tag="") -> None:
+    for epoch in range(first_epoch, cfg.epochs):
+        updating = pruner is not None and _updates_in_epoch(cfg, epoch)
+        loss = _train_epoch(model, train_loader, kind, optimizer, pruner, device, cfg, updating, epoch)
+        scheduler.step()
+        if updating and cfg.update_interval is None:
+            pruner.update_masks()
+        acc = _evaluate(model, test_loader, kind, device)
+        entry = {"epoch": epoch + 1, "loss": loss, "test_accuracy": acc,
+                 "sparsity": pruner.sparsity() if pruner is not None and pruner.masks[0] is not None else 0.0,
+                 "lr": optimizer.param_groups[0]["lr"]}
+        epochs_log.append(entry)
+        log(f"{tag}epoch {epoch + 1:3d}/{cfg.epochs}  loss {loss:.4f}  test acc {100 * acc:6.2f}%  "
+            f"channel sparsity {entry['sparsity']:.3f}")
+        if writer is not None:
+            for k in ("loss", "test_accuracy", "sparsity"):
+                writer.add_scalar(k, entry[k], epoch + 1)
+        if after_epoch is not None:
+            after_epoch(epoch + 1)
+
+
+def _dense_baseline(cfg, out, splits, train_loader, test_loader, example, device, log) -> dict:
+    """Train the unpruned model with the same budget (or reuse the result of an interrupted run)."""
+    path = out / BASELINE
+    if path.is_file():
+        return json.loads(path.read_text())
+    log("dense baseline (same model, data, epochs and optimizer; --no-dense-baseline skips it)")
+    _seed_all(cfg.seed)
+    model = build_model(cfg, splits.num_classes, splits.in_channels, splits.input_size).to(device)
+    train_loader.generator.manual_seed(cfg.seed)
+    optimizer, scheduler = _optimizer(cfg, model)
+    _train_loop(cfg, model, None, optimizer, scheduler, train_loader, test_loader, splits.kind, device, 0, [], log,
+                tag="[dense] ")
+    spiking = _spiking_metrics()(model, (_time_major(x.to(device), splits.kind) for x, _ in test_loader), max_batches=4)
+    result = {"accuracy": _evaluate(model, test_loader, splits.kind, device), "synops": spiking["synops"],
+              "activation_sparsity": spiking.get("activation_sparsity"), "energy": spiking.get("energy")}
+    _atomic_write_text(json.dumps(result, indent=2), path)
+    return result
+
+
+def _train_epoch(model, loader, kind, optimizer, pruner, device, cfg, updating, epoch) -> float:
+    model.train()
+    total = n = 0
+    batches = loader
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, file=sys.stderr)
+    for x, y in batches:
+        x, y = _time_major(x.to(device), kind), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if pruner is not None:
+            pruner.regularize(model)
+        optimizer.step()
+        functional.reset_net(model)
+        if pruner is not None and updating and cfg.update_interval is not None:
+            pruner.maybe_update_masks()
+        total += loss.item() * len(y)
+        n += len(y)
+    return total / max(n, 1)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception as e:
+        raise ConfigError(f"--tensorboard needs the tensorboard package ({e}); pip install tensorboard") from e
+    return SummaryWriter(str(out / "tb"))
+
+
+def _finish(cfg, out, model, pruner, splits, example, test_loader, device, before, baseline, epochs_log, start, log):
+    metrics_fn = _spiking_metrics()
+    accuracy: Dict[str, Optional[float]] = {"dense": baseline["accuracy"] if baseline else None, "masked": None}
+    importance_scores: Dict[str, list] = {}
+    if pruner is not None:
+        accuracy["masked"] = _evaluate(model, test_loader, splits.kind, device)
+        if isinstance(pruner.importance, SCAImportance):
+            for (root, group), name in zip(pruner.groups, pruner.group_names()):
+                if pruner.importance.has_statistics(group):
+                    importance_scores[name] = pruner.importance(group).cpu().tolist()
+        pruner.finalize()
+        log(f"finalized: masked channels removed; pruned == masked outputs checked (atol {pruner.verify_atol})")
+    accuracy["final"] = _evaluate(model, test_loader, splits.kind, device)
+    after = model_stats(model, example)
+    spiking = metrics_fn(model, (_time_major(x.to(device), splits.kind) for x, _ in test_loader), max_batches=4)
+    metrics = {
+        "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method, "pruning_ratio": cfg.pruning_ratio,
+        "regrow_ratio": 0.0 if cfg.method == "sca-prune-only" else cfg.effective_regrow_ratio,
+        "seed": cfg.seed, "epochs": cfg.epochs, "time_steps": cfg.time_steps,
+        "simulated_data": bool(splits.simulated), "data_description": splits.description,
+        "input_shape": [splits.in_channels, *splits.input_size], "data_kind": splits.kind,
+        "accuracy": accuracy,
+        "parameters": {"before": before["parameters"], "after": after["parameters"]},
+        "macs": {"before": {"per_step": before["macs_per_step"], "total": before["macs_total"]},
+                 "after": {"per_step": after["macs_per_step"], "total": after["macs_total"]}},
+        "synops": {"before": spiking["synops"] if pruner is None else (baseline or {}).get("synops"),
+                   "after": spiking["synops"]},
+        "activation_sparsity": spiking.get("activation_sparsity"),
+        "firing_rates": spiking.get("firing_rates"),
+        "energy": spiking.get("energy"),
+        "dense_baseline": baseline,
+        "spiking_metrics": spiking,
+        "channels": {"before": before["channels"], "after": after["channels"]},
+        "history": pruner.history if pruner is not None else [],
+        "importance_scores": importance_scores,
+        "epochs_log": epochs_log,
+        "config": cfg.to_dict(),
+        "device": str(device),
+        "wall_time_s": time.time() - start,
+    }
+    torch.save(model, out / (MODEL + ".tmp"))
+    os.replace(out / (MODEL + ".tmp"), out / MODEL)
+    atomic_save({"state": model.state_dict(), "history": pruner.pruning_history() if pruner is not None else [],
+                 "config": cfg.to_dict()}, out / MODEL_STATE)
+    _atomic_write_text(json.dumps(metrics, indent=2), out / METRICS)
+    before["accuracy"] = accuracy["dense"] if pruner is not None else accuracy["final"]
+    after["accuracy"] = accuracy["final"]
+    log("\n" + pruning_report(before, after, ("dense" if baseline else "before", cfg.method)))
+    if accuracy["masked"] is not None:
+        log(f"masked-model accuracy {100 * accuracy['masked']:.2f}%, finalized {100 * accuracy['final']:.2f}%")
+    log(f"wrote {out / METRICS} ({time.time() - start:.1f} s)")
+    return metrics
+
+
+def _spiking_metrics():
+    from .metrics import spiking_metrics
+
+    return spiking_metrics
+
+
+def load_finalized_model(run_dir: str, device: str = "cpu") -> nn.Module:
+    """The finalized model of a run folder (``model.pt``; unpickles code: trusted folders only)."""
+    path = Path(run_dir) / MODEL
+    if not path.is_file():
+        raise RunError(f"{path} does not exist; is {run_dir} a finished `sca-prune train` run?")
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:
+        raise RunError(f"cannot load {path} ({type(e).__name__}: {e}); the file is damaged or from another version") from e

@@ -1,0 +1,187 @@
+"""`sca-prune` end to end on digits: outputs, resume equivalence, and one-line errors (exit 2)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sca_plugin.cli import main
+from sca_plugin.config import TrainConfig
+from sca_plugin.runner import run_training
+
+TINY = ["--epochs", "3", "--width", "0.25", "--time-steps", "2", "--no-progress", "--train-limit", "256",
+        "--test-limit", "128", "--fixed-mask-epochs", "1"]
+
+
+def tiny_config(out, **kw):
+    values = dict(epochs=3, width=0.25, time_steps=2, progress=False, train_limit=256, test_limit=128,
+                  fixed_mask_epochs=1, output_dir=str(out))
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "sca"
+    assert main(["train", *TINY, "--output-dir", str(out)]) == 0
+    return out
+
+
+def test_train_writes_metrics_model_and_checkpoint(finished_run):
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    for key in ("accuracy", "parameters", "macs", "synops", "activation_sparsity", "firing_rates", "energy",
+                "channels", "history", "epochs_log", "wall_time_s", "importance_scores"):
+        assert key in metrics, key
+    assert metrics["method"] == "sca" and metrics["dataset"] == "digits"
+    assert 0 <= metrics["accuracy"]["final"] <= 1 and metrics["accuracy"]["dense"] is not None
+    assert metrics["accuracy"]["masked"] == metrics["accuracy"]["final"]  # masked == finalized
+    assert metrics["parameters"]["after"] < metrics["parameters"]["before"]
+    assert len(metrics["history"]) == 2 and len(metrics["epochs_log"]) == 3
+    model = torch.load(finished_run / "model.pt", weights_only=False)
+    state = torch.load(finished_run / "model_state.pth", weights_only=True)
+    assert set(state["state"]) == set(model.state_dict())
+    assert sum(p.numel() for p in model.parameters()) == metrics["parameters"]["after"]
+
+
+def test_eval_reproduces_the_final_accuracy(finished_run, capsys):
+    assert main(["eval", str(finished_run)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert result["test_accuracy"] == pytest.approx(metrics["accuracy"]["final"])
+
+
+def test_report_writes_figures(finished_run, tmp_path, capsys):
+    assert main(["report", str(finished_run), "--out", str(tmp_path / "rep")]) == 0
+    pngs = list((tmp_path / "rep").glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000 for p in pngs)
+
+
+def test_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path):
+    run_training(tiny_config(tmp_path / "a", dense_baseline=False), log=lambda *_: None)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(epoch):
+        if epoch == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_training(tiny_config(tmp_path / "b", dense_baseline=False), log=lambda *_: None, on_epoch_end=crash_after_two)
+    assert not (tmp_path / "b" / "metrics.json").exists()
+    assert main(["train", *TINY, "--no-dense-baseline", "--output-dir", str(tmp_path / "b"), "--resume"]) == 0
+    a = torch.load(tmp_path / "a" / "model_state.pth", weights_only=True)
+    b = torch.load(tmp_path / "b" / "model_state.pth", weights_only=True)
+    assert a["history"] == b["history"]
+    for k in a["state"]:
+        assert torch.equal(a["state"][k], b["state"][k]), k
+    ma = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert ma["history"] == mb["history"] and ma["accuracy"] == mb["accuracy"]
+
+
+def test_config_file_mirrors_flags(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("method: sca-prune-only\npruning-ratio: 0.3\nepochs: 2\nwidth: 0.25\ntime_steps: 2\n"
+                        "train_limit: 128\ntest_limit: 64\nfixed_mask_epochs: 0\nprogress: false\ndense_baseline: false\n")
+    out = tmp_path / "cfg"
+    assert main(["train", "--config", str(cfg_file), "--pruning-ratio", "0.4", "--output-dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "sca-prune-only" and metrics["pruning_ratio"] == 0.4  # the flag wins
+    assert metrics["regrow_ratio"] == 0.0 and all(h["regrown"] == 0 for h in metrics["history"])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--dataset", "imagenet"], "unknown dataset"),
+    (["train", "--method", "magic"], "unknown method"),
+    (["train", "--model", "resnet1000"], "unknown model"),
+    (["train", "--model", "no_such_module:build"], "cannot import model"),
+    (["train", "--dataset", "fashion-mnist", "--data-root", "/nonexistent/fmnist"], "fashion"),
+    (["train", "--pruning-ratio", "1.5"], "pruning_ratio"),
+    (["eval", "/nonexistent/run"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, capsys):
+    code = main([*args, "--output-dir", str(tmp_path / "x")] if args[0] == "train" else args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("sca-prune: error:") and needle in err.lower()
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    f = tmp_path / "bad.json"
+    f.write_text(json.dumps({"epochz": 3}))
+    assert main(["train", "--config", str(f), "--output-dir", str(tmp_path / "x")]) == 2
+    assert "unknown setting(s) ['epochz']" in capsys.readouterr().err
+
+
+def test_existing_run_is_never_overwritten(finished_run, capsys):
+    before = (finished_run / "metrics.json").read_bytes()
+    assert main(["train", *TINY, "--output-dir", str(finished_run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (finished_run / "metrics.json").read_bytes() == before
+
+
+def test_corrupted_or_mismatched_checkpoint(tmp_path, capsys):
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert main(["train", *TINY, "--output-dir", str(out), "--resume"]) == 2
+    assert "unreadable or truncated" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == b"not a checkpoint"
+    torch.save({"config": tiny_config(out, pruning_ratio=0.3).to_dict()}, out / "checkpoint.pt")
+    saved = (out / "checkpoint.pt").read_bytes()
+    assert main(["train", *TINY, "--output-dir", str(out), "--resume"]) == 2
+    assert "other settings (pruning_ratio)" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == saved
+
+
+def test_module_entry_point_help():
+    res = subprocess.run([sys.executable, "-m", "sca_plugin", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "train" in res.stdout and "report" in res.stdout
+
+
+def test_export_torchscript_loads_with_plain_torch(finished_run, tmp_path, capsys):
+    out = tmp_path / "m.ts"
+    assert main(["export", str(finished_run), "--format", "torchscript", "--out", str(out)]) == 0
+    scripted = torch.jit.load(str(out))
+    model = torch.load(finished_run / "model.pt", weights_only=False)
+    model.eval()
+    x = torch.rand(3, 1, 8, 8) * 2
+    from spikingjelly.activation_based import functional
+
+    with torch.no_grad():
+        expected = model(x)
+    functional.reset_net(model)
+    assert torch.allclose(scripted(x), expected, atol=1e-5)
+
+
+def test_export_nir_refuses_max_pooling_with_one_line(finished_run, tmp_path, capsys):
+    pytest.importorskip("nir")
+    assert main(["export", str(finished_run), "--format", "nir", "--out", str(tmp_path / "m.nir")]) == 2
+    err = capsys.readouterr().err
+    assert "max pooling" in err.lower() and len(err.strip().splitlines()) == 1
+
+
+def test_event_data_run_exports_to_nir_and_round_trips(tmp_path):
+    pytest.importorskip("nir")
+    from spikingjelly.activation_based import functional
+
+    from sca_plugin.datasets import load_dataset
+    from sca_plugin.export import import_nir
+
+    out = tmp_path / "dvs"
+    assert main(["train", "--dataset", "nmnist-sim", "--model", "dvs_net", "--width", "0.125", "--epochs", "1",
+                 "--time-steps", "4", "--train-limit", "64", "--test-limit", "32", "--fixed-mask-epochs", "0",
+                 "--no-dense-baseline", "--no-progress", "--output-dir", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["simulated_data"] is True
+    assert main(["export", str(out), "--format", "nir", "--out", str(tmp_path / "dvs.nir")]) == 0
+    model = torch.load(out / "model.pt", weights_only=False).eval()
+    imported = import_nir(str(tmp_path / "dvs.nir"))
+    frames = torch.stack([load_dataset("nmnist-sim", time_steps=4, test_limit=4).test[i][0] for i in range(4)], 1)
+    with torch.no_grad():
+        expected = model(frames)
+        functional.reset_net(model)
+        got = imported(frames)
+    assert got.shape == expected.shape and (got - expected).abs().max() <= 1e-5
