@@ -12,7 +12,7 @@ import json
 import sys
 import typing
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from .config import ConfigError, TrainConfig, load_config_file
 
