@@ -323,12 +323,15 @@ def _dense_baseline(cfg, out, splits, train_loader, test_loader, example, device
 def _train_epoch(model, loader, kind, optimizer, pruner, device, cfg, updating, epoch) -> float:
     model.train()
     total = n = 0
-    batches = loader
+    bar = None
     if cfg.progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, file=sys.stderr)
-    for x, y in batches:
+        # updated by hand rather than wrapping the loader: a wrapper keeps the previous batch alive,
+        # which shifts tensor allocations and hence float rounding, so --no-progress would give
+        # different numbers
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, file=sys.stderr)
+    for x, y in loader:
         x, y = _time_major(x.to(device), kind), y.to(device)
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
@@ -341,6 +344,10 @@ def _train_epoch(model, loader, kind, optimizer, pruner, device, cfg, updating, 
             pruner.maybe_update_masks()
         total += loss.item() * len(y)
         n += len(y)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
     return total / max(n, 1)
 
 

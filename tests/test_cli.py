@@ -185,3 +185,10 @@ def test_event_data_run_exports_to_nir_and_round_trips(tmp_path):
         functional.reset_net(model)
         got = imported(frames)
     assert got.shape == expected.shape and (got - expected).abs().max() <= 1e-5
+
+
+def test_progress_bars_do_not_change_the_numbers(tmp_path):
+    on = run_training(tiny_config(tmp_path / "on", progress=True, dense_baseline=False), log=lambda *_: None)
+    off = run_training(tiny_config(tmp_path / "off", progress=False, dense_baseline=False), log=lambda *_: None)
+    assert [e["loss"] for e in on["epochs_log"]] == [e["loss"] for e in off["epochs_log"]]
+    assert on["history"] == off["history"]
