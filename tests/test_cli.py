@@ -192,3 +192,38 @@ def test_progress_bars_do_not_change_the_numbers(tmp_path):
     off = run_training(tiny_config(tmp_path / "off", progress=False, dense_baseline=False), log=lambda *_: None)
     assert [e["loss"] for e in on["epochs_log"]] == [e["loss"] for e in off["epochs_log"]]
     assert on["history"] == off["history"]
+
+
+@pytest.mark.parametrize("method", ["dense", "sca-prune-only", "random-init", "l1", "l2", "bnscale", "taylor",
+                                    "lamp", "random"])
+def test_every_method_trains_prunes_and_finalizes(method, tmp_path):
+    m = run_training(tiny_config(tmp_path / method, method=method, epochs=2, dense_baseline=False),
+                     log=lambda *_: None)
+    assert m["method"] == method
+    if method == "dense":
+        assert m["history"] == [] and m["parameters"]["after"] == m["parameters"]["before"]
+    else:
+        assert m["accuracy"]["masked"] == m["accuracy"]["final"]
+        assert m["parameters"]["after"] < m["parameters"]["before"]
+        n = sum(m["channels"]["before"].values())
+        assert sum(m["channels"]["after"].values()) == n - round(0.5 * n)
+    if method == "random-init":  # the mask is drawn once, before training, and never changes
+        assert len(m["history"]) == 1 and m["history"][0]["step"] == 0
+
+
+def test_oneshot_then_finetune(tmp_path):
+    m = run_training(tiny_config(tmp_path / "os", method="l1", oneshot_epoch=1, dense_baseline=False),
+                     log=lambda *_: None)
+    assert len(m["history"]) == 1 and [e["sparsity"] for e in m["epochs_log"]] == [0.5, 0.5, 0.5]
+
+
+def test_user_model_from_module_callable_and_tensorboard(tmp_path, monkeypatch):
+    import pathlib
+
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+    out = tmp_path / "own"
+    assert main(["train", *TINY, "--model", "own_network:MySNN", "--no-dense-baseline", "--tensorboard",
+                 "--output-dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "own_network:MySNN" and metrics["parameters"]["after"] < metrics["parameters"]["before"]
+    assert any((out / "tb").iterdir())
