@@ -34,6 +34,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from spikingjelly.activation_based import base as sj_base
 from spikingjelly.activation_based import functional, layer, neuron
 
+from .files import atomic_save, atomic_write_bytes
+
 __all__ = [
     "EXPORT_FORMATS",
     "NIR_INSTALL_HINT",
@@ -550,16 +552,6 @@ def plain_torch_copy(model: nn.Module) -> nn.Module:
     return m
 
 
-def _atomic_write_bytes(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: PathLike) -> str:
     """``torch.jit.trace`` of ``model`` in eval mode (neurons as :class:`PlainNeuron`), saved with
     ``torch.jit.save``; returns the path.
@@ -576,7 +568,7 @@ def export_torchscript(model: nn.Module, example_input: torch.Tensor, path: Path
             traced = torch.jit.trace(m, example_input, check_trace=False)
     buf = io.BytesIO()
     torch.jit.save(traced, buf)
-    _atomic_write_bytes(buf.getvalue(), Path(path))
+    atomic_write_bytes(buf.getvalue(), Path(path))
     return str(path)
 
 
@@ -594,13 +586,12 @@ def export_program(model: nn.Module, example_input: torch.Tensor, path: PathLike
         program = torch.export.export(m, (example_input,), dynamic_shapes=({0 if static else 1: torch.export.Dim.AUTO},))
     buf = io.BytesIO()
     torch.export.save(program, buf)
-    _atomic_write_bytes(buf.getvalue(), Path(path))
+    atomic_write_bytes(buf.getvalue(), Path(path))
     return str(path)
 
 
 def export_torch(model: nn.Module, path: PathLike) -> str:
     """``torch.save`` of the whole module (as the runner writes ``model.pt``); see :func:`export_run`."""
-    from .runner import atomic_save
 
     functional.reset_net(model)
     path = Path(path)

@@ -63,8 +63,8 @@ class SCAPruner(SpikingMetaPruner):
         min_channels: never keep fewer channels than this in a group.
         round_to: kept channel counts are multiples of this (as in Torch-Pruning).
         root_module_types: module types whose output channels are pruned (default: convolutions).
-        verify_atol: ``finalize()`` checks that the pruned model's outputs equal the masked
-            model's within this tolerance and rolls back otherwise; None skips the check.
+        verify_atol: ``finalize()`` checks, in float64, that the pruned model's outputs equal the
+            masked model's within this tolerance and rolls back otherwise; None skips the check.
         **kwargs: ``forward_fn``, ``output_transform``, ``customized_pruners`` or
             ``unwrapped_parameters``, passed on to ``tp.pruner.BasePruner``.
     """
@@ -381,7 +381,13 @@ class SCAPruner(SpikingMetaPruner):
         model = self.model
         inputs = self.example_inputs if example_inputs is None else example_inputs
         self._param_names = {id(p): n for n, p in model.named_parameters()}
-        reference = self._evaluate(inputs) if self.verify_atol is not None else None
+        verify = self.verify_atol is not None
+        dtypes = _float_dtypes(model) if verify else {}
+        if verify:
+            # compare in float64: removing channels changes the summation order, and in float32 a
+            # membrane potential within rounding of the threshold could flip a spike
+            model.double()
+            reference = self._evaluate(_to_double(inputs))
         self._uninstall()
         saved = _ModuleSnapshot(model, self.DG, self.neuron_pruner)
         try:
@@ -392,8 +398,8 @@ class SCAPruner(SpikingMetaPruner):
                     group = self.DG.get_pruning_group(root, pruning_fn, idxs)
                     group.prune()
             functional.reset_net(model)
-            if reference is not None:
-                diff = max((a - b).abs().max().item() for a, b in zip(reference, self._evaluate(inputs)))
+            if verify:
+                diff = max((a - b).abs().max().item() for a, b in zip(reference, self._evaluate(_to_double(inputs))))
                 if not diff <= self.verify_atol:
                     raise RuntimeError(
                         f"the pruned model's outputs differ from the masked model's by {diff:.3g} "
@@ -401,8 +407,10 @@ class SCAPruner(SpikingMetaPruner):
                         f"architecture; finalize with verify_atol=None to skip the check")
         except Exception:
             saved.restore()
+            _restore_dtypes(model, dtypes)
             self._install()
             raise
+        _restore_dtypes(model, dtypes)
         self.finalized = True
         return model
 
@@ -497,6 +505,29 @@ class SCAPruner(SpikingMetaPruner):
             self.importance.recorder.load_state_dict(state["activity"], modules, device)
         self._growth_sum = {modules[n]: e["sum"].to(device) for n, e in state["growth"].items()}
         self._growth_count = {modules[n]: int(e["count"]) for n, e in state["growth"].items()}
+
+
+def _float_dtypes(model: nn.Module) -> Dict[str, torch.dtype]:
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    return {name: t.dtype for name, t in tensors if t.is_floating_point()}
+
+
+def _restore_dtypes(model: nn.Module, dtypes: Dict[str, torch.dtype]) -> None:
+    """Cast parameters and buffers back (float32 -> float64 -> float32 is exact), in place, so
+    Parameter objects (and optimizers holding them) stay valid."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if name in dtypes and t.dtype != dtypes[name]:
+            t.data = t.data.to(dtypes[name])
+
+
+def _to_double(inputs: Any) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.double() if inputs.is_floating_point() else inputs
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(_to_double(x) for x in inputs)
+    if isinstance(inputs, dict):
+        return {k: _to_double(v) for k, v in inputs.items()}
+    return inputs
 
 
 def _out_channels(module: nn.Module) -> int:

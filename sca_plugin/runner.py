@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import os
 import random
 import sys
 import time
@@ -24,11 +23,12 @@ import torch_pruning as tp
 from spikingjelly.activation_based import functional
 
 from .config import ConfigError, TrainConfig
+from .files import atomic_save, atomic_write_text
 from .importance import SCAImportance
 from .pruner import SCAPruner
 from .reporting import model_stats, pruning_report
 
-__all__ = ["RunError", "run_training", "build_model", "atomic_save", "load_finalized_model"]
+__all__ = ["RunError", "run_training", "build_model", "load_finalized_model"]
 
 CHECKPOINT, METRICS, MODEL, MODEL_STATE = "checkpoint.pt", "metrics.json", "model.pt", "model_state.pth"
 BASELINE = "dense_baseline.json"
@@ -38,40 +38,6 @@ _RESUME_FREE = {"resume", "progress", "tensorboard", "device", "output_dir"}
 
 class RunError(RuntimeError):
     """A run cannot start or continue (existing output, unreadable or mismatched checkpoint)."""
-
-
-# --------------------------------------------------------------------------- files
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename: a crash never leaves a torn file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- model & method
@@ -316,7 +282,7 @@ def _dense_baseline(cfg, out, splits, train_loader, test_loader, example, device
     spiking = _spiking_metrics()(model, (_time_major(x.to(device), splits.kind) for x, _ in test_loader), max_batches=4)
     result = {"accuracy": _evaluate(model, test_loader, splits.kind, device), "synops": spiking["synops"],
               "activation_sparsity": spiking.get("activation_sparsity"), "energy": spiking.get("energy")}
-    _atomic_write_text(json.dumps(result, indent=2), path)
+    atomic_write_text(json.dumps(result, indent=2), path)
     return result
 
 
@@ -399,11 +365,10 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
         "device": str(device),
         "wall_time_s": time.time() - start,
     }
-    torch.save(model, out / (MODEL + ".tmp"))
-    os.replace(out / (MODEL + ".tmp"), out / MODEL)
+    atomic_save(model, out / MODEL)
     atomic_save({"state": model.state_dict(), "history": pruner.pruning_history() if pruner is not None else [],
                  "config": cfg.to_dict()}, out / MODEL_STATE)
-    _atomic_write_text(json.dumps(metrics, indent=2), out / METRICS)
+    atomic_write_text(json.dumps(metrics, indent=2), out / METRICS)
     before["accuracy"] = accuracy["dense"] if pruner is not None else accuracy["final"]
     after["accuracy"] = accuracy["final"]
     log("\n" + pruning_report(before, after, ("dense" if baseline else "before", cfg.method)))
