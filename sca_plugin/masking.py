@@ -15,9 +15,13 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning import ops
 from spikingjelly.activation_based import base as sj_base
 
-__all__ = ["StraightThroughMask", "output_channel_dim", "ChannelMasker"]
+from .importance import group_members
+
+__all__ = ["StraightThroughMask", "output_channel_dim", "ChannelMasker", "mask_targets"]
 
 
 class StraightThroughMask(torch.autograd.Function):
@@ -70,3 +74,46 @@ class ChannelMasker:
             h.remove()
         self._handles.clear()
         self.masks.clear()
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return isinstance(m, ops.TORCH_BATCHNORM)
+
+
+def mask_targets(DG: tp.DependencyGraph, group, module_names: Dict[nn.Module, str]) -> List[tuple]:
+    """``[(layer, local_idxs, root_idxs)]``: the layers of ``group`` whose outputs must be masked.
+
+    Every BatchNorm of the group, and every conv/linear producing the group's channels unless its
+    output reaches nothing but BatchNorms of the same group (which zero it already, and whose
+    normalised input must stay informative for the regrowth gradient).
+    """
+    bns = group_members(group, _is_bn)
+    targets = [(m, local, root) for m, (local, root) in bns.items()]
+    producers = group_members(group, lambda m: isinstance(m, (ops.TORCH_CONV, ops.TORCH_LINEAR)))
+    for module, (local, root) in producers.items():
+        handlers = [it.dep.handler for it in group if it.dep.target.module is module]
+        if not any(DG.is_out_channel_pruning_fn(h) and not DG.is_in_channel_pruning_fn(h) for h in handlers):
+            continue  # only its input channels belong to the group
+        if not _feeds_only(DG, module, set(bns), module_names):
+            targets.append((module, local, root))
+    return targets
+
+
+def _feeds_only(DG: tp.DependencyGraph, module: nn.Module, allowed: set, module_names) -> bool:
+    """True when every path from ``module``'s output reaches a layer in ``allowed`` before mixing."""
+    stack, seen = list(DG.module2node[module].outputs), set()
+    if not stack:
+        return False
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.module in module_names:  # a real layer of the model
+            if node.module not in allowed:
+                return False
+        elif len(node.inputs) > 1 or not node.outputs or isinstance(node.module, ops._OutputOp):
+            return False  # mixes with other tensors before any BatchNorm, or reaches the output
+        else:
+            stack.extend(node.outputs)
+    return True

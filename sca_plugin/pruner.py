@@ -18,7 +18,8 @@ from spikingjelly.activation_based import functional
 
 from .graph import SpikingMetaPruner, _call, preserve_training_mode
 from .importance import SCAImportance, group_channel_mean, group_members
-from .masking import ChannelMasker
+from .masking import ChannelMasker, mask_targets
+from .rollback import ModuleSnapshot, float_dtypes, restore_dtypes, to_double
 from .neurons import is_spiking_neuron
 from .schedule import SCHEDULES, sparsity_at
 from .selection import MODES, Selection, select_channels
@@ -125,7 +126,7 @@ class SCAPruner(SpikingMetaPruner):
         self.finalized = False
         self._growth_sum: Dict[nn.Module, torch.Tensor] = {}
         self._growth_count: Dict[nn.Module, int] = {}
-        self._mask_targets = [self._find_mask_targets(group) for _, group in self.groups]
+        self._mask_targets = [mask_targets(self.DG, group, self.module_names) for _, group in self.groups]
         self._masker = ChannelMasker()
         self._grad_hooks: List = []
         self._install()
@@ -189,40 +190,6 @@ class SCAPruner(SpikingMetaPruner):
                     f"by |dL/dgamma|; add a BatchNorm after {name}, ignore it, or use regrow_ratio=0")
 
     # ------------------------------------------------------------------ hooks
-    def _find_mask_targets(self, group) -> List[tuple]:
-        """Layers whose outputs carry the group's channels: BatchNorms, and conv/linear outputs not
-        consumed by a BatchNorm of the same group (which zeroes them already)."""
-        bns = set(group_members(group, _is_bn))
-        producers = group_members(group, lambda m: isinstance(m, (ops.TORCH_CONV, ops.TORCH_LINEAR)))
-        targets = []
-        for module, (local, root) in group_members(group, _is_bn).items():
-            targets.append((module, local, root))
-        for module, (local, root) in producers.items():
-            item_handlers = [it.dep.handler for it in group if it.dep.target.module is module]
-            if not any(self.DG.is_out_channel_pruning_fn(h) and not self.DG.is_in_channel_pruning_fn(h) for h in item_handlers):
-                continue  # only its input channels belong to the group
-            if not self._feeds_only(module, bns):
-                targets.append((module, local, root))
-        return targets
-
-    def _feeds_only(self, module: nn.Module, allowed: set) -> bool:
-        stack, seen = list(self.DG.module2node[module].outputs), set()
-        if not stack:
-            return False
-        while stack:
-            node = stack.pop()
-            if node in seen:
-                continue
-            seen.add(node)
-            if node.module in self.module_names:  # a real layer of the model
-                if node.module not in allowed:
-                    return False
-            elif len(node.inputs) > 1 or not node.outputs or isinstance(node.module, ops._OutputOp):
-                return False  # mixes with other tensors before any BatchNorm, or reaches the output
-            else:
-                stack.extend(node.outputs)
-        return True
-
     def _install(self) -> None:
         if isinstance(self.importance, SCAImportance):
             self.importance.attach(self.model)
@@ -382,14 +349,14 @@ class SCAPruner(SpikingMetaPruner):
         inputs = self.example_inputs if example_inputs is None else example_inputs
         self._param_names = {id(p): n for n, p in model.named_parameters()}
         verify = self.verify_atol is not None
-        dtypes = _float_dtypes(model) if verify else {}
+        dtypes = float_dtypes(model) if verify else {}
         if verify:
             # compare in float64: removing channels changes the summation order, and in float32 a
             # membrane potential within rounding of the threshold could flip a spike
             model.double()
-            reference = self._evaluate(_to_double(inputs))
+            reference = self._evaluate(to_double(inputs))
         self._uninstall()
-        saved = _ModuleSnapshot(model, self.DG, self.neuron_pruner)
+        saved = ModuleSnapshot(model, self.DG, self.neuron_pruner)
         try:
             for (root, _), keep in zip(self.groups, self.masks):
                 idxs = torch.nonzero(~keep).flatten().tolist()
@@ -399,7 +366,7 @@ class SCAPruner(SpikingMetaPruner):
                     group.prune()
             functional.reset_net(model)
             if verify:
-                diff = max((a - b).abs().max().item() for a, b in zip(reference, self._evaluate(_to_double(inputs))))
+                diff = max((a - b).abs().max().item() for a, b in zip(reference, self._evaluate(to_double(inputs))))
                 if not diff <= self.verify_atol:
                     raise RuntimeError(
                         f"the pruned model's outputs differ from the masked model's by {diff:.3g} "
@@ -407,10 +374,10 @@ class SCAPruner(SpikingMetaPruner):
                         f"architecture; finalize with verify_atol=None to skip the check")
         except Exception:
             saved.restore()
-            _restore_dtypes(model, dtypes)
+            restore_dtypes(model, dtypes)
             self._install()
             raise
-        _restore_dtypes(model, dtypes)
+        restore_dtypes(model, dtypes)
         self.finalized = True
         return model
 
@@ -507,53 +474,8 @@ class SCAPruner(SpikingMetaPruner):
         self._growth_count = {modules[n]: int(e["count"]) for n, e in state["growth"].items()}
 
 
-def _float_dtypes(model: nn.Module) -> Dict[str, torch.dtype]:
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    return {name: t.dtype for name, t in tensors if t.is_floating_point()}
-
-
-def _restore_dtypes(model: nn.Module, dtypes: Dict[str, torch.dtype]) -> None:
-    """Cast parameters and buffers back (float32 -> float64 -> float32 is exact), in place, so
-    Parameter objects (and optimizers holding them) stay valid."""
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if name in dtypes and t.dtype != dtypes[name]:
-            t.data = t.data.to(dtypes[name])
-
-
-def _to_double(inputs: Any) -> Any:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.double() if inputs.is_floating_point() else inputs
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_to_double(x) for x in inputs)
-    if isinstance(inputs, dict):
-        return {k: _to_double(v) for k, v in inputs.items()}
-    return inputs
-
-
 def _out_channels(module: nn.Module) -> int:
     for attr in ("num_features", "out_channels", "out_features"):
         if hasattr(module, attr):
             return int(getattr(module, attr))
     raise TypeError(f"cannot mask the outputs of {type(module).__name__}")
-
-
-class _ModuleSnapshot:
-    """References to every submodule's parameters, buffers and attributes, to undo a failed prune.
-
-    Torch-Pruning replaces tensors instead of editing them in place, so holding the old references
-    is enough: restoring gives back the very same Parameter objects (an optimizer built on them
-    stays valid) without copying any data.
-    """
-
-    def __init__(self, model: nn.Module, DG: tp.DependencyGraph, neuron_pruner) -> None:
-        self.modules = [(m, {k: (dict(v) if k in ("_parameters", "_buffers") else v)
-                             for k, v in m.__dict__.items() if k != "_modules"})
-                        for m in model.modules()]
-        self.DG, self.history_len = DG, len(DG._pruning_history)
-        self.neuron_pruner, self.neuron_channels = neuron_pruner, dict(neuron_pruner._channels)
-
-    def restore(self) -> None:
-        for module, saved in self.modules:
-            module.__dict__.update(saved)
-        del self.DG._pruning_history[self.history_len:]
-        self.neuron_pruner._channels.update(self.neuron_channels)

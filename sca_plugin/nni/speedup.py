@@ -1,0 +1,439 @@
+"""Physical channel removal for NNI masks, through Torch-Pruning's dependency graph.
+
+A drop-in for ``nni.compression.speedup.ModelSpeedup`` (whose tracer crashes on torch 2.x and does
+not know SpikingJelly layers)::
+
+    pruner = L1NormPruner(model, [{'op_types': ['Conv2d'], 'sparse_ratio': 0.5}])
+    _, masks = pruner.compress()
+    pruner.unwrap_model()
+    ModelSpeedup(model, dummy_input, masks).speedup_model()
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning import ops
+from spikingjelly.activation_based import functional
+
+from ..graph import _call, _removing_leaked_hooks, preserve_training_mode, repair_time_dimension, spiking_neuron_pruners
+from ..neurons import is_spiking_neuron
+from ..rollback import ModuleSnapshot, float_dtypes, restore_dtypes, to_double
+
+__all__ = ["ModelSpeedup"]
+
+_FLOWS = "data still flows: coupled layers are not masked alike"
+_CONSTANT = "non-zero constant where it is used (e.g. BN(0) makes the neuron fire)"
+
+_T = ops.OPTYPE
+# op types that only move channels around or act channel by channel without parameters
+_CHANNEL_PRESERVING_OPS = {_T.ELEMENTWISE, _T.CONCAT, _T.SPLIT, _T.RESHAPE, _T.UNBIND, _T.EXPAND, _T.SLICE}
+# NNI ModelSpeedup arguments accepted for drop-in compatibility (only map_location is used)
+_IGNORED_NNI_ARGS = ("batch_dim", "batch_size", "customized_mask_updaters", "customized_replacers",
+                     "graph_module", "garbage_collect_values", "logger")
+
+
+def _outputs_as_list(out) -> List[torch.Tensor]:
+    return [t for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor)]
+
+
+def _channel_dim(module: nn.Module, x: torch.Tensor) -> int:
+    """Input-channel dimension of a conv ([..., C, *spatial]) or linear ([..., F]) input."""
+    if isinstance(module, ops.TORCH_CONV):
+        return x.dim() - len(module.kernel_size) - 1
+    return x.dim() - 1
+
+
+class ModelSpeedup:
+    """Remove the channels that NNI masks prune, physically and exactly, in place.
+
+    Same call shape as ``nni.compression.speedup.ModelSpeedup``:
+    ``ModelSpeedup(model, dummy_input, masks).speedup_model()`` returns ``model`` with the pruned
+    channels removed. ``masks`` is NNI's ``{module_name: {target_name: mask}}`` (1 keep, 0 prune,
+    same shape as the target; ``None`` entries are skipped) for the UNWRAPPED model
+    (``pruner.unwrap_model()`` first), or a file holding it. Works on SpikingJelly networks in both
+    step modes and on plain networks.
+
+    Removal rule. The masks are first applied to the parameters (``target *= mask``): that masked
+    model is the reference. Torch-Pruning's dependency graph (spiking neurons registered, time
+    dimension repaired) couples layers that share channels (residual adds, concatenations,
+    pre-activation blocks) into groups. In a group, a channel is a *candidate* when the mask of any
+    member removes it (conv/linear: weight-mask slice all zero; BatchNorm: weight mask 0). A
+    candidate is removed only when both hold:
+
+    1. it carries no data: every member that computes the channel from other channels (conv,
+       linear, depthwise conv) has an all-zero masked weight slice for it, or feeds only
+       BatchNorms of the group whose masked weight for it is 0. The channel is then a function of
+       biases and BatchNorm constants only, e.g. ``BN(0) = beta - gamma * mean / sqrt(var + eps)``
+       followed by the neuron (or ReLU);
+    2. it is exactly zero wherever it is consumed: at the input of every conv/linear of the group
+       that reads it, in a float64 eval-mode forward pass of the masked model on ``dummy_input``
+       (the neurons run on the constant for the time steps of ``dummy_input``: an IF/LIF neuron
+       fed a constant <= 0 never fires, a ReLU outputs 0). By 1 the value does not depend on the
+       data, so this holds for every input with the same number of time steps (and size).
+
+    Channels that reach the model output are never removed, nor channels in groups with members
+    whose channel semantics are not analysed here (LayerNorm, GroupNorm, attention, ...), and one
+    channel of a group is always kept. Candidates that are kept keep their masked (zeroed) weights,
+    so the model still equals the masked model; ONE warning lists the layers concerned. The usual
+    cause is NNI masking only conv weights: its BatchNorm then outputs a constant that makes the
+    neuron fire, or coupled layers (residual branches) were masked differently. The fix is to mask
+    the BatchNorm weight AND bias too (NNI never applies its BN bias masks), mask coupled layers
+    alike, or use sca_plugin's pruner, whose masks include the BatchNorm bias.
+
+    Finally the outputs of the masked model and of the pruned model on ``dummy_input`` are compared
+    in float64 (``verify_atol``); on a mismatch every change is undone and a RuntimeError raised.
+    The masks are validated before anything changes (ValueError).
+
+    Args:
+        model: the unwrapped model (changed in place).
+        dummy_input: inputs exactly as ``model`` takes them (a tensor, or a tuple/dict of them), used
+            to trace the graph, to find the zero channels and to verify the result.
+        masks_or_file: NNI masks, or a path to a ``torch.save``-d plain dict of them (loaded with
+            ``weights_only``; NNI's own ``defaultdict`` needs ``weights_only=False``).
+        map_location: as in ``torch.load``, for a masks file.
+        verify_atol: float64 tolerance of the final check; None skips it.
+        forward_fn: ``forward_fn(model, dummy_input)`` when calling the model is not ``model(x)``.
+        customized_pruners: extra Torch-Pruning pruners by module type (spiking neurons are built in).
+        batch_dim, batch_size, ...: NNI ``ModelSpeedup`` arguments, accepted and ignored.
+
+    After :meth:`speedup_model`, ``removed_channels`` maps each group's root layer to the channel
+    indices removed and ``kept_candidates`` to ``{reason: channel indices}`` of masked channels
+    that had to stay.
+    """
+
+    def __init__(self, model: nn.Module, dummy_input: Any, masks_or_file: Any, map_location=None, *,
+                 verify_atol: Optional[float] = 1e-5, forward_fn=None, customized_pruners: Optional[dict] = None,
+                 weights_only: bool = True, **nni_kwargs: Any) -> None:
+        unknown = sorted(set(nni_kwargs) - set(_IGNORED_NNI_ARGS))
+        if unknown:
+            raise TypeError(f"ModelSpeedup got unexpected arguments {unknown}")
+        if isinstance(masks_or_file, (str, os.PathLike)):
+            try:
+                masks_or_file = torch.load(masks_or_file, map_location=map_location, weights_only=weights_only)
+            except pickle.UnpicklingError as e:
+                raise ValueError(
+                    f"cannot load the masks file {os.fspath(masks_or_file)!r} with weights_only=True ({e}). NNI's "
+                    "masks are a collections.defaultdict, which torch.load refuses to unpickle safely: save "
+                    "{name: dict(targets) for name, targets in masks.items()} instead, or pass weights_only=False "
+                    "for a file you trust") from e
+        if not isinstance(masks_or_file, dict):
+            raise ValueError(f"masks must be a dict {{module_name: {{target_name: mask}}}} or a file, "
+                             f"got {type(masks_or_file).__name__}")
+        self.model = model
+        self.dummy_input = dummy_input
+        self.masks = masks_or_file
+        self.verify_atol = verify_atol
+        self.forward_fn = forward_fn
+        self.customized_pruners = dict(customized_pruners or {})
+        self.removed_channels: Dict[str, List[int]] = {}
+        self.kept_candidates: Dict[str, Dict[str, List[int]]] = {}
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> Dict[nn.Module, Dict[str, torch.Tensor]]:
+        modules = dict(self.model.named_modules())
+        checked: Dict[nn.Module, Dict[str, torch.Tensor]] = {}
+        for name, targets in self.masks.items():
+            if name not in modules:
+                raise ValueError(f"mask for module {name!r}: the model has no such module (names are those of "
+                                 f"model.named_modules() of the unwrapped model; call pruner.unwrap_model() first)")
+            if not isinstance(targets, dict):
+                raise ValueError(f"mask for module {name!r}: expected {{target_name: mask}}, got {type(targets).__name__}")
+            module = modules[name]
+            for target, mask in targets.items():
+                if mask is None:
+                    continue
+                tensor = getattr(module, target, None) if isinstance(target, str) else None
+                if not isinstance(tensor, torch.Tensor):
+                    raise ValueError(f"mask for module {name!r}: it has no tensor {target!r}")
+                if not isinstance(mask, torch.Tensor):
+                    raise ValueError(f"mask {name}.{target}: expected a tensor, got {type(mask).__name__}")
+                if tuple(mask.shape) != tuple(tensor.shape):
+                    raise ValueError(f"mask {name}.{target}: shape {tuple(mask.shape)} does not match the "
+                                     f"{target}'s shape {tuple(tensor.shape)}")
+                m = mask.detach()
+                if m.is_floating_point() and not torch.isfinite(m).all():
+                    raise ValueError(f"mask {name}.{target}: holds non-finite values")
+                if not ((m == 0) | (m == 1)).all():
+                    raise ValueError(f"mask {name}.{target}: values must be 0 (pruned) or 1 (kept)")
+                checked.setdefault(module, {})[target] = (m != 0).cpu()
+        return checked
+
+    # ------------------------------------------------------------------ helpers
+    def _evaluate(self, inputs: Any) -> List[torch.Tensor]:
+        with preserve_training_mode(self.model), torch.no_grad():
+            self.model.eval()
+            functional.reset_net(self.model)
+            out = [t.detach().clone() for t in _outputs_as_list(_call(self.model, inputs, self.forward_fn))]
+            functional.reset_net(self.model)
+        return out
+
+    def _build_graph(self):
+        model, x = self.model, self.dummy_input
+        neuron_pruners = spiking_neuron_pruners(model, x, self.forward_fn)
+        pruners = dict(neuron_pruners)
+        pruners.update(self.customized_pruners)
+        DG = tp.DependencyGraph()
+        try:
+            with preserve_training_mode(model), _removing_leaked_hooks(model):
+                DG.build_dependency(model, x, forward_fn=self.forward_fn, customized_pruners=pruners, verbose=False)
+        finally:
+            functional.reset_net(model)
+        repair_time_dimension(DG)
+        neuron_pruner = next(iter(neuron_pruners.values()), None)
+        return DG, neuron_pruner
+
+    @staticmethod
+    def _removed_by_masks(module: nn.Module, masks: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+        """Bool per output channel: removed by this module's masks (None: no weight mask)."""
+        w = masks.get("weight")
+        if w is None:
+            return None
+        if w.dim() == 1:
+            return ~w
+        return ~w.flatten(1).any(dim=1)
+
+    def _feeds_only(self, DG, module: nn.Module, allowed: set, names: Dict[nn.Module, str]) -> bool:
+        stack, seen = list(DG.module2node[module].outputs), set()
+        if not stack:
+            return False
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if node.module in names:
+                if node.module not in allowed:
+                    return False
+            elif len(node.inputs) > 1 or not node.outputs or isinstance(node.module, ops._OutputOp):
+                return False
+            else:
+                stack.extend(node.outputs)
+        return True
+
+    # ------------------------------------------------------------------ main
+    def speedup_model(self) -> nn.Module:
+        model = self.model
+        masks = self._validate()
+        names = {m: n for n, m in model.named_modules()}
+        DG, neuron_pruner = self._build_graph()
+
+        verify = self.verify_atol is not None
+        dtypes = float_dtypes(model)
+        saved_data = {p: p.data for p in model.parameters()}
+        snapshot = ModuleSnapshot(model, DG, neuron_pruner) if neuron_pruner is not None else None
+        if snapshot is None:
+            snapshot = ModuleSnapshot(model, DG, _NoNeuronPruner())
+        inputs = to_double(self.dummy_input)
+        try:
+            model.double()
+            for module, targets in masks.items():
+                for target, keep in targets.items():
+                    t = getattr(module, target)
+                    t.data = t.data * keep.to(device=t.device, dtype=t.dtype)
+
+            # one forward of the masked model: the reference outputs, and which input channels of
+            # every conv/linear are non-zero anywhere (batch, time, space)
+            nonzero: Dict[nn.Module, torch.Tensor] = {}
+
+            def record(mod, args):
+                x = args[0] if args else None
+                if not isinstance(x, torch.Tensor) or x.dim() < 1:
+                    return
+                d = _channel_dim(mod, x)
+                nz = (x.detach() != 0).movedim(d, 0).reshape(x.shape[d], -1).any(dim=1).cpu()
+                nonzero[mod] = nz if mod not in nonzero or nonzero[mod].shape != nz.shape else nonzero[mod] | nz
+
+            hooks = [m.register_forward_pre_hook(record) for m in model.modules()
+                     if isinstance(m, (ops.TORCH_CONV, ops.TORCH_LINEAR))]
+            try:
+                reference = self._evaluate(inputs)
+            finally:
+                for h in hooks:
+                    h.remove()
+
+            plan, constant_layers, coupled_layers = self._plan(DG, masks, nonzero, names)
+            for root, idxs in plan:
+                pruner = DG.get_pruner_of_module(root)
+                DG.get_pruning_group(root, pruner.prune_out_channels, idxs).prune()
+            functional.reset_net(model)
+
+            if verify:
+                after = self._evaluate(inputs)
+                if len(after) != len(reference) or any(a.shape != b.shape for a, b in zip(reference, after)):
+                    raise RuntimeError("the pruned model's outputs have other shapes than the masked model's; "
+                                       "the model was restored")
+                diff = max(((a - b).abs().max().item() for a, b in zip(reference, after) if a.numel()), default=0.0)
+                if not diff <= self.verify_atol:
+                    raise RuntimeError(
+                        f"the pruned model's outputs differ from the masked model's by {diff:.3g} (> verify_atol="
+                        f"{self.verify_atol}); the model was restored. Please report this architecture; "
+                        f"use verify_atol=None to skip the check")
+        except BaseException:
+            snapshot.restore()
+            for p, data in saved_data.items():
+                p.data = data
+            restore_dtypes(model, dtypes)
+            functional.reset_net(model)
+            raise
+        restore_dtypes(model, dtypes)
+        functional.reset_net(model)
+        self._warn(constant_layers, coupled_layers)
+        return model
+
+    def _plan(self, DG, masks, nonzero, names):
+        """Channels to remove per group root, and the layers whose masked channels must stay."""
+        self.removed_channels, self.kept_candidates = {}, {}
+        plan: List[Tuple[nn.Module, List[int]]] = []
+        constant_layers: List[str] = []
+        coupled_layers: List[str] = []
+        bn_types = ops.TORCH_BATCHNORM
+        for group in DG.get_all_groups(root_module_types=(ops.TORCH_CONV, ops.TORCH_LINEAR)):
+            root = group[0].dep.target.module
+            root_name = names.get(root, repr(root))
+            n = len(group[0].idxs)
+            items = []  # (module, node type, is_out, is_in, local idxs, root idxs)
+            for item in group:
+                dep = item.dep
+                module = dep.target.module
+                node_type = DG.module2node[module].type if module in DG.module2node else None
+                items.append((module, node_type, DG.is_out_channel_pruning_fn(dep.handler),
+                              DG.is_in_channel_pruning_fn(dep.handler), list(item.idxs), list(item.root_idxs)))
+
+            candidate = torch.zeros(n, dtype=torch.bool)
+            for module, node_type, is_out, is_in, local, rootidx in items:
+                if module not in masks:
+                    continue
+                mixes = isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR))
+                producer = mixes and ((is_out and not is_in) or node_type == _T.DEPTHWISE_CONV)
+                if not (producer or isinstance(module, bn_types)):
+                    continue  # only its input channels belong to the group
+                removed = self._removed_by_masks(module, masks[module])
+                if removed is None:
+                    continue
+                for l, r in zip(local, rootidx):
+                    if l < removed.shape[0] and removed[l]:
+                        candidate[r] = True
+            if not candidate.any():
+                continue
+
+            reason = None
+            for module, node_type, is_out, *_ in items:
+                node = DG.module2node.get(module)
+                last = is_out and node is not None and not node.outputs  # its output channels are the model's
+                if node_type == _T.OUTPUT or isinstance(module, ops._OutputOp) or last:
+                    reason = "reaches the model output"
+                elif module in names and not (
+                        isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR, bn_types)) or is_spiking_neuron(module)
+                        or node_type == _T.PRELU
+                        # parameter-free layers traced as element-wise (nn.ReLU, nn.Dropout, pooling ...)
+                        or (node_type in _CHANNEL_PRESERVING_OPS and next(module.parameters(), None) is None)):
+                    reason = f"coupled with {type(module).__name__} ({names[module]}), which is not analysed"
+                elif module not in names and node_type not in _CHANNEL_PRESERVING_OPS:
+                    reason = f"coupled with an operation of type {node_type!r}, which is not analysed"
+                if reason:
+                    break
+            if reason is not None:
+                self.kept_candidates[root_name] = {reason: torch.nonzero(candidate).flatten().tolist()}
+                continue
+
+            data_free = torch.ones(n, dtype=torch.bool)   # condition 1
+            zero_used = torch.ones(n, dtype=torch.bool)   # condition 2
+            bns = {m for m, *_ in items if isinstance(m, bn_types)}
+            for module, node_type, is_out, is_in, local, rootidx in items:
+                if not isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR)):
+                    continue
+                depthwise = node_type == _T.DEPTHWISE_CONV
+                if (is_out and not is_in) or depthwise:  # computes the channel from other channels
+                    w = module.weight.detach().flatten(1) != 0
+                    direct_bns = (self._direct_bns(DG, module, bns, names)
+                                  if self._feeds_only(DG, module, bns, names) else [])
+                    for l, r in zip(local, rootidx):
+                        free = not bool(w[l].any())
+                        if not free and direct_bns:
+                            # BN with gamma = 0 outputs its (data-free) bias whatever it is fed
+                            free = all(self._bn_weight_zero(b, group, r) for b in direct_bns)
+                        if not free:
+                            data_free[r] = False
+                elif is_in and not is_out:  # reads the channel
+                    seen = nonzero.get(module)
+                    for l, r in zip(local, rootidx):
+                        if seen is None or l >= seen.shape[0] or bool(seen[l]):
+                            zero_used[r] = False
+
+            removable = candidate & data_free & zero_used
+            if bool(removable.all()):
+                removable[torch.nonzero(removable).flatten()[0]] = False  # keep one channel
+            kept = candidate & ~removable
+            flowing, constant = kept & ~data_free, kept & data_free
+            reasons = {}
+            if flowing.any():
+                reasons[_FLOWS] = torch.nonzero(flowing).flatten().tolist()
+                coupled_layers.append(root_name)
+            if constant.any():
+                reasons[_CONSTANT] = torch.nonzero(constant).flatten().tolist()
+                constant_layers.append(root_name)
+            if reasons:
+                self.kept_candidates[root_name] = reasons
+            idxs = torch.nonzero(removable).flatten().tolist()
+            if idxs:
+                self.removed_channels[root_name] = idxs
+                plan.append((root, idxs))
+        return plan, constant_layers, coupled_layers
+
+    def _direct_bns(self, DG, module, bns, names):
+        """BatchNorms of the group reached from ``module`` through single-input non-layer ops."""
+        found, stack, seen = [], list(DG.module2node[module].outputs), set()
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            if node.module in names:
+                if node.module in bns:
+                    found.append(node.module)
+            else:
+                stack.extend(node.outputs)
+        return found
+
+    @staticmethod
+    def _bn_weight_zero(bn, group, r) -> bool:
+        if getattr(bn, "weight", None) is None:
+            return False
+        for item in group:
+            if item.dep.target.module is bn:
+                for l, rr in zip(item.idxs, item.root_idxs):
+                    if rr == r:
+                        return bool(bn.weight.detach()[l] == 0)
+        return False
+
+    def _warn(self, constant_layers: List[str], coupled_layers: List[str]) -> None:
+        if not constant_layers and not coupled_layers:
+            return
+        parts = []
+        if constant_layers:
+            parts.append(
+                f"in the channel groups of {', '.join(constant_layers)} some masked channels were kept: their conv "
+                "weights are masked but the BatchNorm after them is not, so BN(0) = beta - gamma*mean/sqrt(var+eps) "
+                "is a constant that still reaches the next layer (the neuron fires on it / ReLU passes it)")
+        if coupled_layers:
+            parts.append(
+                f"in the channel groups of {', '.join(coupled_layers)} some masked channels were kept because layers "
+                "that share them (residual branches, concatenations) are not masked alike, so data still flows")
+        warnings.warn(
+            "ModelSpeedup kept masked channels (their weights stay zeroed, the model equals the masked model): "
+            + "; ".join(parts) + ". Fix: mask the BatchNorm weight AND bias too (NNI never applies its BN bias "
+            "masks), mask coupled layers alike (NNI dependency-aware config), or use sca_plugin's pruner, whose "
+            "masks include the BatchNorm bias.", stacklevel=3)
+
+
+class _NoNeuronPruner:
+    """Stands in for the neuron pruner in ``ModuleSnapshot`` when the model has no spiking neurons."""
+
+    def __init__(self) -> None:
+        self._channels: dict = {}

@@ -1,0 +1,282 @@
+"""sca_plugin.nni.pruner.SCAPruner: NNI 3.0 front end of SCA (validation, masks, core equivalence, STE, AGP)."""
+import copy
+
+import nni
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from nni.compression import TorchEvaluator
+from nni.compression.pruning import AGPPruner, LinearPruner
+from spikingjelly.activation_based import functional
+
+from sca_plugin import SCAPruner as CoreSCAPruner
+from sca_plugin.graph import SpikingMetaPruner
+from sca_plugin.importance import SCAImportance
+from sca_plugin.models import digits_cnn, resnet18
+from sca_plugin.nni.pruner import SCAPruner
+
+CONFIG = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "global_group_id": 0}]
+
+
+def batch(channels, n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, channels, 8, 8, generator=g) * 3, torch.randint(0, 10, (n,), generator=g)
+
+
+def build(arch):
+    torch.manual_seed(0)
+    if arch == "digits":
+        return digits_cnn(T=2), 1
+    return resnet18(width=0.125, T=2), 3
+
+
+def evaluator(model, x, y):
+    def training_step(b, model):
+        xb, yb = b
+        return F.cross_entropy(model(xb), yb)
+
+    def training_func(model, optimizers, training_step, lr_schedulers=None, max_steps=None, max_epochs=None):
+        model.train()
+        for _ in range(max_steps or 2 * (max_epochs or 1)):
+            loss = training_step((x, y), model)
+            optimizers.zero_grad()
+            loss.backward()
+            optimizers.step()
+            functional.reset_net(model)
+
+    optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.05, momentum=0.9)
+    return TorchEvaluator(training_func, optimizer, training_step)
+
+
+def channel_keep(mask):
+    """Per-output-channel keep vector of a weight/bias mask (all-or-nothing per channel)."""
+    flat = mask.reshape(mask.shape[0], -1)
+    assert bool(((flat == 0).all(1) | (flat == 1).all(1)).all()), "mask is not channel-structured"
+    return flat[:, 0].bool()
+
+
+def snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()))
+
+
+def assert_unchanged(model, snap):
+    state, hooks = snap
+    now = model.state_dict()
+    assert list(now) == list(state)
+    assert all(torch.equal(now[k], v) for k, v in state.items())
+    assert not any(hasattr(m, "_nni_wrapper") for m in model.modules())
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks
+
+
+# ---------------------------------------------------------------------- validation
+BAD_CONFIGS = [
+    ([{"op_types": ["Conv2d"]}], {}, "missing 'sparse_ratio'"),
+    ([{"op_types": ["Conv2d"], "sparse_ratio": 1.0}], {}, r"sparse_ratio must be a number in \[0, 1\)"),
+    ([{"op_types": ["Conv2d"], "sparse_ratio": -0.1}], {}, r"sparse_ratio must be a number in \[0, 1\)"),
+    ([{"op_types": ["Conv3d"], "sparse_ratio": 0.5}], {}, "matches no module"),
+    ([{"op_types": ["Conv2d"], "sparse_ratio": 0.1}], {"regrow_ratio": 0.2}, "regrow_ratio .* larger than sparse_ratio"),
+    ([{"op_types": ["BatchNorm2d"], "sparse_ratio": 0.5}], {}, "not convolutions or linear"),
+    ([{"sparse_ratio": 0.5}], {}, "op_types"),
+    ([{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "sparse_threshold": 0.1}], {}, "does not support the keys"),
+    ([{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "global_group_id": 0},
+      {"op_types": ["Linear"], "sparse_ratio": 0.3, "global_group_id": 0}], {}, "different sparse_ratio"),
+    ([{"op_types": ["Linear"], "sparse_ratio": 0.5}], {}, "reach no spiking neuron|cannot be pruned"),
+    (CONFIG, {"example_inputs": None}, "needs example_inputs"),
+    (CONFIG, {"regrow_ratio": 1.5}, r"regrow_ratio must be in \[0, 1\)"),
+    (CONFIG, {"interval_steps": 0}, "interval_steps must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize("config_list,kwargs,match", BAD_CONFIGS)
+def test_invalid_arguments_raise_before_wrapping(config_list, kwargs, match):
+    model, c = build("digits")
+    x, _ = batch(c)
+    snap = snapshot(model)
+    kw = {"example_inputs": x[:2], **kwargs}
+    with pytest.raises(ValueError, match=match):
+        SCAPruner(model, config_list, None, **kw)
+    assert_unchanged(model, snap)
+
+
+def test_model_without_spiking_neurons_is_rejected():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match="no spiking neurons"):
+        SCAPruner(model, CONFIG, None, example_inputs=torch.rand(2, 1, 8, 8))
+    assert_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("config_list,match", [
+    # conv1 and layer1.0.conv1 do not share channels in the graph
+    ([{"op_names": ["conv1", "layer1.0.conv1"], "sparse_ratio": 0.5, "dependency_group_id": 0}],
+     "not coupled in the model's dependency graph"),
+    # conv1 and layer1.0.conv2 are added by a residual connection: they must get one mask
+    ([{"op_names": ["conv1"], "sparse_ratio": 0.5, "dependency_group_id": 0},
+      {"op_names": ["layer1.0.conv2"], "sparse_ratio": 0.5, "dependency_group_id": 1}],
+     "different dependency_group_id"),
+    ([{"op_names": ["conv1"], "sparse_ratio": 0.5},
+      {"op_names": ["layer1.0.conv2"], "sparse_ratio": 0.3}],
+     "share their output channels"),
+])
+def test_dependency_groups_contradicting_the_graph_are_rejected(config_list, match):
+    model, c = build("resnet18")
+    x, _ = batch(c)
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        SCAPruner(model, config_list, None, example_inputs=x[:2])
+    assert_unchanged(model, snap)
+
+
+def test_compress_without_training_duration_raises():
+    model, c = build("digits")
+    x, y = batch(c)
+    pruner = SCAPruner(model, CONFIG, evaluator(model, x, y), example_inputs=x[:2])
+    with pytest.raises(ValueError, match="during training"):
+        pruner.compress()
+    pruner.unwrap_model()
+
+
+# ---------------------------------------------------------------------- compress through the evaluator
+def compressed(arch, steps=4, interval=2):
+    model, c = build(arch)
+    x, y = batch(c)
+    pruner = SCAPruner(model, CONFIG, evaluator(model, x, y), regrow_ratio=0.1, interval_steps=interval,
+                       example_inputs=x[:2])
+    returned, masks = pruner.compress(max_steps=steps)
+    assert returned is model
+    return model, pruner, masks, x
+
+
+@pytest.mark.parametrize("arch", ["digits", "resnet18"])
+def test_compress_masks_have_the_requested_sparsity_and_agree_channelwise(arch):
+    model, pruner, masks, x = compressed(arch)
+    assert pruner.num_updates == 2
+    modules = dict(model.named_modules())
+    total = kept = 0
+    for names in pruner.coupled_modules():
+        keeps = []
+        for name in names:
+            for target in ("weight", "bias"):
+                if masks[name].get(target) is not None:
+                    keeps.append(channel_keep(masks[name][target]))
+            if isinstance(modules[name], nn.BatchNorm2d):  # BN weight AND bias are masked
+                assert masks[name]["weight"] is not None and masks[name]["bias"] is not None
+        # every layer of a dependency group (conv weight, BN weight, BN bias) has the same channel mask
+        assert all(torch.equal(k, keeps[0]) for k in keeps)
+        total += keeps[0].numel()
+        kept += int(keeps[0].sum())
+    assert total - kept == round(0.5 * total)  # one global group: the requested sparsity over all channels
+    assert sum(k for _, k in pruner.channel_counts().values()) == kept
+    if arch == "resnet18":  # residual-coupled convolutions share a mask
+        stem = channel_keep(masks["conv1"]["weight"])
+        for name in ("layer1.0.conv2", "layer1.1.conv2"):
+            assert torch.equal(channel_keep(masks[name]["weight"]), stem)
+        assert torch.equal(channel_keep(masks["layer2.0.shortcut.0"]["weight"]),
+                           channel_keep(masks["layer2.0.conv2"]["weight"]))
+    pruner.unwrap_model()
+    assert not any(hasattr(m, "_nni_wrapper") for m in model.modules())
+
+
+@pytest.mark.parametrize("arch", ["digits", "resnet18"])
+def test_masked_model_equals_physically_pruned_model(arch):
+    model, pruner, masks, x = compressed(arch)
+    model.double()
+    xd = x.double()
+
+    def run(m):
+        m.eval()
+        functional.reset_net(m)
+        with torch.no_grad():
+            out = m(xd).clone()
+        functional.reset_net(m)
+        return out
+
+    masked = run(model)
+    pruner.unwrap_model()  # raw (unmasked) weights: only physical removal makes them equal
+    meta = SpikingMetaPruner(model, xd[:2], SCAImportance())
+    names = {n: m for n, m in model.named_modules()}
+    for group_names in pruner.coupled_modules():
+        root = names[group_names[0]]
+        drop = torch.nonzero(~channel_keep(masks[group_names[0]]["weight"])).flatten().tolist()
+        if drop:
+            meta.DG.get_pruning_group(root, meta.DG.get_pruner_of_module(root).prune_out_channels, drop).prune()
+    pruned = run(model)
+    assert (masked - pruned).abs().max().item() < 1e-6
+
+
+# ---------------------------------------------------------------------- same channels as the Torch-Pruning core
+@pytest.mark.parametrize("arch", ["digits", "resnet18"])
+def test_nni_and_torch_pruning_front_ends_pick_the_same_channels(arch):
+    base, c = build(arch)
+    x, y = batch(c)
+    m_nni, m_tp = copy.deepcopy(base), copy.deepcopy(base)
+    nni_pruner = SCAPruner(m_nni, CONFIG, None, regrow_ratio=0.1, example_inputs=x[:2])
+    nni_pruner.register_statistics_hooks()
+    tp_pruner = CoreSCAPruner(m_tp, x[:2], pruning_ratio=0.5, regrow_ratio=0.1, verify_atol=None)
+    assert [g[0] for g in nni_pruner.coupled_modules()] == tp_pruner.group_names()
+
+    def step(model):
+        model.train()
+        F.cross_entropy(model(x), y).backward()
+        functional.reset_net(model)
+
+    for update in range(2):  # the second update starts from the first's masks (incremental mode)
+        for _ in range(2):
+            step(m_nni)
+            step(m_tp)
+        masks = nni_pruner.generate_masks()
+        nni_pruner.update_masks(masks)
+        tp_pruner.update_masks()
+        for names, keep in zip(nni_pruner.coupled_modules(), tp_pruner.masks):
+            assert torch.equal(channel_keep(masks[names[0]]["weight"]), keep), f"update {update}, {names[0]}"
+    nni_pruner.remove_statistics_hooks()
+    nni_pruner.unwrap_model()
+
+
+# ---------------------------------------------------------------------- straight-through masks
+def test_masked_channels_still_receive_gradients():
+    model, pruner, masks, x = compressed("digits")
+    y = torch.randint(0, 10, (x.shape[0],))
+    model.train()
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    functional.reset_net(model)
+    checked = 0
+    for name, wrapper in ((n, m._nni_wrapper) for n, m in model.named_modules() if hasattr(m, "_nni_wrapper")):
+        if not isinstance(wrapper.module, nn.BatchNorm2d):
+            continue
+        dead = ~channel_keep(masks[name]["weight"])
+        if dead.any():
+            param = wrapper.pruning_target_spaces["weight"].target  # the real leaf parameter
+            assert isinstance(param, nn.Parameter) and param.grad is not None
+            assert param.grad[dead].abs().sum() > 0  # regrowth signal for masked channels
+            assert wrapper.pruning_target_spaces["bias"].target.grad[dead].abs().sum() > 0
+            assert wrapper.pruning_target_spaces["_output_0"].apply_method == "sca_ste"
+            checked += 1
+    # the convolution feeding a masked BN keeps training too (gradient straight through the output mask)
+    for name in ("features.3", "features.7"):
+        dead = ~channel_keep(masks[name]["weight"])
+        if dead.any():
+            grad = model.get_submodule(name)._nni_wrapper.pruning_target_spaces["weight"].target.grad
+            assert grad[dead].abs().sum() > 0
+    assert checked > 0
+    pruner.unwrap_model()
+
+
+# ---------------------------------------------------------------------- scheduled NNI pruners
+@pytest.mark.parametrize("scheduler", [AGPPruner, LinearPruner])
+def test_scheduled_pruner_ramps_the_sca_sparsity(scheduler):
+    model, c = build("digits")
+    x, y = batch(c)
+    pruner = SCAPruner(model, CONFIG, evaluator(model, x, y), regrow_ratio=0.1, example_inputs=x[:2])
+    scheduled = scheduler(pruner, interval_steps=2, total_times=3)
+    _, masks = scheduled.compress(max_steps=6, max_epochs=None)
+    ratios = [next(iter(h["sparse_ratio"].values())) for h in pruner.history]
+    assert len(ratios) == 3 and ratios == sorted(ratios) and ratios[-1] == pytest.approx(0.5)
+    counts = pruner.channel_counts().values()
+    total = sum(n for n, _ in counts)
+    assert total - sum(k for _, k in counts) == round(0.5 * total)
+    scheduled.unwrap_model()
+    assert not any(hasattr(m, "_nni_wrapper") for m in model.modules())
