@@ -1,5 +1,6 @@
 """sca_plugin.nni.pruner.SCAPruner: NNI 3.0 front end of SCA (validation, masks, core equivalence, STE, AGP)."""
 import copy
+import warnings
 
 import nni
 import pytest
@@ -280,3 +281,22 @@ def test_scheduled_pruner_ramps_the_sca_sparsity(scheduler):
     assert total - sum(k for _, k in counts) == round(0.5 * total)
     scheduled.unwrap_model()
     assert not any(hasattr(m, "_nni_wrapper") for m in model.modules())
+
+
+@pytest.mark.parametrize("arch", ["digits", "resnet18"])
+def test_our_masks_through_model_speedup_equal_the_masked_model(arch):
+    from sca_plugin.nni import ModelSpeedup
+
+    model, channels = build(arch)
+    x, y = batch(channels)
+    pruner = SCAPruner(model, [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "global_group_id": 0}],
+                       evaluator(model, x, y), regrow_ratio=0.1, interval_steps=2, example_inputs=x[:2])
+    _, masks = pruner.compress(max_steps=4, max_epochs=None)
+    pruner.unwrap_model()
+    params = sum(p.numel() for p in model.parameters())
+    speedup = ModelSpeedup(model, x[:2], masks)  # checks masked == sped-up in float64, else raises
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # BN weight AND bias are masked: no channel may be kept back
+        speedup.speedup_model()
+    assert sum(p.numel() for p in model.parameters()) < params
+    assert not any(speedup.kept_candidates.values())

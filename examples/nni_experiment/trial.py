@@ -36,6 +36,9 @@ def accuracy(model, x, y):
 
 def main():
     params = {**DEFAULTS, **(nni.get_next_parameter() or {})}
+    if "variant" in params:  # "sca:0.1" or "l1norm" from run_experiment.py's grid
+        pruner, _, regrow = params.pop("variant").partition(":")
+        params.update(pruner=pruner, regrow_ratio=float(regrow) if regrow else 0.0)
     torch.manual_seed(params["seed"])
     digits = load_dataset("digits", seed=params["seed"])
     (x, y), (x_test, y_test) = digits.train.tensors(), digits.test.tensors()
