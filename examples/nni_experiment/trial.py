@@ -67,8 +67,11 @@ def main():
     params_before = sum(p.numel() for p in model.parameters())
     if params["pruner"] == "sca":  # prune and regrow while training, then remove
         evaluator = TorchEvaluator(training_func, optimizer_for(model), training_step)
+        # masks change after every epoch but the last, which trains the final structure (as
+        # `sca-prune train --fixed-mask-epochs`); the budget equals L1NormPruner's
         pruner = SCAPruner(model, config_list, evaluator, regrow_ratio=params["regrow_ratio"],
-                           interval_steps=len(range(0, len(x), 64)), example_inputs=example)
+                           interval_steps=len(range(0, len(x), 64)), total_times=max(1, params["epochs"] - 1),
+                           example_inputs=example)
         _, masks = pruner.compress(max_steps=None, max_epochs=params["epochs"])
         pruner.unwrap_model()
         ModelSpeedup(model, example, masks).speedup_model()
