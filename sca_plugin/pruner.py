@@ -19,6 +19,7 @@ from spikingjelly.activation_based import functional
 from .graph import SpikingMetaPruner, _call, preserve_training_mode
 from .importance import SCAImportance, group_channel_mean, group_members
 from .masking import ChannelMasker, mask_targets
+from .regrowth import GradientMagnitudes
 from .rollback import ModuleSnapshot, float_dtypes, restore_dtypes, to_double
 from .neurons import is_spiking_neuron
 from .schedule import SCHEDULES, sparsity_at
@@ -124,8 +125,7 @@ class SCAPruner(SpikingMetaPruner):
         self.num_steps = 0
         self.history: List[dict] = []
         self.finalized = False
-        self._growth_sum: Dict[nn.Module, torch.Tensor] = {}
-        self._growth_count: Dict[nn.Module, int] = {}
+        self._growth = GradientMagnitudes()
         self._mask_targets = [mask_targets(self.DG, group, self.module_names) for _, group in self.groups]
         self._masker = ChannelMasker()
         self._grad_hooks: List = []
@@ -196,7 +196,7 @@ class SCAPruner(SpikingMetaPruner):
         if self.regrow_ratio > 0:
             bns = {m for _, group in self.groups for m in group_members(group, _is_bn) if m.weight is not None}
             for bn in sorted(bns, key=lambda m: self.module_names[m]):
-                self._grad_hooks.append(bn.weight.register_hook(self._growth_hook(bn)))
+                self._grad_hooks.append(bn.weight.register_hook(self._growth.hook_for(bn)))
         for i, keep in enumerate(self.masks):
             if keep is not None:
                 self._apply_mask(i, keep)
@@ -208,17 +208,6 @@ class SCAPruner(SpikingMetaPruner):
             h.remove()
         self._grad_hooks.clear()
         self._masker.remove()
-
-    def _growth_hook(self, bn: nn.Module):
-        def hook(grad: torch.Tensor) -> None:
-            g = grad.detach().abs().float()
-            if bn in self._growth_sum:
-                self._growth_sum[bn] += g
-                self._growth_count[bn] += 1
-            else:
-                self._growth_sum[bn] = g.clone()
-                self._growth_count[bn] = 1
-        return hook
 
     def _apply_mask(self, i: int, keep: torch.Tensor) -> None:
         for module, local, root in self._mask_targets[i]:
@@ -270,7 +259,7 @@ class SCAPruner(SpikingMetaPruner):
                     "update_masks() before any training statistics exist for "
                     f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}: run training-mode "
                     "forward passes (model.train()) through the model first")
-        if self.regrow_ratio > 0 and not self._growth_count:
+        if self.regrow_ratio > 0 and not self._growth:
             raise RuntimeError("update_masks() needs BatchNorm gradients for regrowth but none were recorded: "
                                "call loss.backward() in training before updating the masks")
         scores = []
@@ -282,7 +271,7 @@ class SCAPruner(SpikingMetaPruner):
             scores.append(imp)
         growth = None
         if self.regrow_ratio > 0:
-            mean_grads = {bn: s / self._growth_count[bn] for bn, s in self._growth_sum.items()}
+            mean_grads = self._growth.means()
             growth = []
             for (_, group), s in zip(self.groups, scores):
                 g = group_channel_mean(group, mean_grads, _is_bn)
@@ -306,8 +295,7 @@ class SCAPruner(SpikingMetaPruner):
         self.num_updates += 1
         if isinstance(self.importance, SCAImportance):
             self.importance.reset()
-        self._growth_sum.clear()
-        self._growth_count.clear()
+        self._growth.clear()
         return selection
 
     # ------------------------------------------------------------------ queries
@@ -433,8 +421,7 @@ class SCAPruner(SpikingMetaPruner):
             "finalized": self.finalized,
             "activity": (self.importance.recorder.state_dict(names)
                          if isinstance(self.importance, SCAImportance) else {}),
-            "growth": {names[bn]: {"sum": s.detach().cpu().clone(), "count": self._growth_count[bn]}
-                       for bn, s in self._growth_sum.items()},
+            "growth": self._growth.state_dict(names),
             "history": copy.deepcopy(self.history),
         }
 
@@ -470,8 +457,7 @@ class SCAPruner(SpikingMetaPruner):
         self.history = copy.deepcopy(state["history"])
         if isinstance(self.importance, SCAImportance):
             self.importance.recorder.load_state_dict(state["activity"], modules, device)
-        self._growth_sum = {modules[n]: e["sum"].to(device) for n, e in state["growth"].items()}
-        self._growth_count = {modules[n]: int(e["count"]) for n, e in state["growth"].items()}
+        self._growth.load_state_dict(state["growth"], modules, device)
 
 
 def _out_channels(module: nn.Module) -> int:

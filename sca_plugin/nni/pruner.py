@@ -55,7 +55,8 @@ from nni.compression.utils.evaluator import Evaluator, Hook, TensorHook
 from ..activity import DEFINITIONS, MembraneActivityRecorder
 from ..graph import SpikingMetaPruner
 from ..importance import SCAImportance, group_channel_mean, group_members
-from ..masking import mask_targets, output_channel_dim
+from ..masking import StraightThroughMask, mask_targets, output_channel_dim
+from ..regrowth import GradientMagnitudes
 from ..neurons import is_spiking_neuron
 from ..selection import MODES, select_channels
 
@@ -73,18 +74,6 @@ _ALLOWED_KEYS = {"op_types", "op_names", "op_names_re", "exclude_op_names", "exc
 
 
 # ---------------------------------------------------------------------- apply methods
-class _STEMask(torch.autograd.Function):
-    """Forward ``target * mask``; backward passes the gradient to ``target`` unchanged."""
-
-    @staticmethod
-    def forward(ctx, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return target * mask
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad, None
-
-
 def sca_ste_mask(target: torch.Tensor, target_space) -> torch.Tensor:
     """Parameter targets: ``param * mask`` with a straight-through gradient. Output targets
     (``_output_0``): the mask is a per-channel vector, broadcast over the layer's channel dim."""
@@ -95,7 +84,7 @@ def sca_ste_mask(target: torch.Tensor, target_space) -> torch.Tensor:
         shape = [1] * target.dim()
         shape[dim] = -1
         mask = mask.to(dtype=target.dtype).view(shape)
-    return _STEMask.apply(target, mask)
+    return StraightThroughMask.apply(target, mask)
 
 
 def sca_deferred_mask(target: torch.Tensor, target_space) -> torch.Tensor:
@@ -212,8 +201,7 @@ class SCAPruner(Pruner):
         self._set_apply_methods()
 
         self.recorder = MembraneActivityRecorder(definition)
-        self._growth_sum: Dict[nn.Module, torch.Tensor] = {}
-        self._growth_count: Dict[nn.Module, int] = {}
+        self._growth = GradientMagnitudes()
         self._keep: List[Optional[torch.Tensor]] = [None] * len(self._groups)
         self._manual_hooks: List[Hook] = []
         self.num_updates = 0
@@ -440,17 +428,7 @@ class SCAPruner(Pruner):
         return hooks
 
     def _growth_hook_factory(self, bn: nn.Module):
-        def factory(buffer: List):
-            def hook(grad: torch.Tensor) -> None:
-                g = grad.detach().abs().float()
-                if bn in self._growth_sum:
-                    self._growth_sum[bn] += g
-                    self._growth_count[bn] += 1
-                else:
-                    self._growth_sum[bn] = g.clone()
-                    self._growth_count[bn] = 1
-            return hook
-        return factory
+        return lambda buffer: self._growth.hook_for(bn)
 
     def register_statistics_hooks(self) -> List[Hook]:
         """Start gathering SCA statistics without an evaluator (for a hand-written training loop that
@@ -490,11 +468,11 @@ class SCAPruner(Pruner):
                 "since the last update (compress() gathers them through the evaluator; in a hand-written loop call "
                 "pruner.register_statistics_hooks() first)")
         if self.regrow_ratio > 0:
-            if not self._growth_count:
+            if not self._growth:
                 raise RuntimeError("no BatchNorm gradients were recorded for regrowth: call loss.backward() in "
                                    "training before the masks are generated")
-            for bn, s in self._growth_sum.items():
-                data[self.module_names[bn]]["_weight_grad"] = s / self._growth_count[bn]
+            for bn, mean in self._growth.means().items():
+                data[self.module_names[bn]]["_weight_grad"] = mean
         return dict(data)
 
     def _calculate_metrics(self, data: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
@@ -547,8 +525,7 @@ class SCAPruner(Pruner):
                              "channels": {g.rep: int(k.sum()) for g, k in zip(self._groups, new_keep)}})
         self.num_updates += 1
         self.recorder.reset()
-        self._growth_sum.clear()
-        self._growth_count.clear()
+        self._growth.clear()
         return masks
 
     def _current_sparse_ratio(self, g: _Group) -> float:

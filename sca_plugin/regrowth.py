@@ -1,0 +1,48 @@
+"""The regrowth signal: |dL/dgamma| of BatchNorm scales, averaged over the steps since the last update."""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+import torch.nn as nn
+
+__all__ = ["GradientMagnitudes"]
+
+
+class GradientMagnitudes:
+    """Running mean of ``|grad|`` per BatchNorm, fed by gradient hooks on the scale parameters."""
+
+    def __init__(self) -> None:
+        self.sums: Dict[nn.Module, torch.Tensor] = {}
+        self.counts: Dict[nn.Module, int] = {}
+
+    def hook_for(self, bn: nn.Module) -> Callable[[torch.Tensor], None]:
+        """A tensor hook adding one step's ``|grad|`` of ``bn``'s scale."""
+        def hook(grad: torch.Tensor) -> None:
+            g = grad.detach().abs().float()
+            if bn in self.sums:
+                self.sums[bn] += g
+                self.counts[bn] += 1
+            else:
+                self.sums[bn] = g.clone()
+                self.counts[bn] = 1
+        return hook
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+    def means(self) -> Dict[nn.Module, torch.Tensor]:
+        return {bn: s / self.counts[bn] for bn, s in self.sums.items()}
+
+    def clear(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+    def state_dict(self, names: Dict[nn.Module, str]) -> dict:
+        return {names[bn]: {"sum": s.detach().cpu().clone(), "count": self.counts[bn]} for bn, s in self.sums.items()}
+
+    def load_state_dict(self, state: dict, modules: Dict[str, nn.Module], device=None) -> None:
+        self.clear()
+        for name, entry in state.items():
+            self.sums[modules[name]] = entry["sum"].to(device) if device is not None else entry["sum"].clone()
+            self.counts[modules[name]] = int(entry["count"])
