@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test data clean
+.PHONY: demo test bench data clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# quick benchmark subset (training overhead, inference speed-up); full runs: drop --quick
+bench: $(STAMP)
+	$(PY) benchmarks/overhead.py --quick --out runs/bench
+	$(PY) benchmarks/inference.py --quick --out runs/bench
 
 # optional: Fashion-MNIST from Debian (needs root and apt); sca-prune also takes --data-root
 data:

@@ -1,0 +1,274 @@
+"""Cost of SCA pruning during training, as ratios measured in one run.
+
+* training step with SCA (membrane-statistics hooks + channel masks + ``regularize``) vs a plain
+  training step on an identical copy of the same model and the same batches, interleaved step by
+  step (A B A B ...) after warm-up; median, IQR and ratio of medians;
+* ``pruner.update_masks()`` as a fraction of an epoch-equivalent (steps_per_epoch x median SCA
+  step time);
+* ``pruner.finalize()`` wall time (with and without its float64 verification) for VGG16;
+* peak resident memory (VmHWM from /proc/self/status) of a fresh subprocess per variant (plain / SCA).
+
+``python benchmarks/overhead.py [--quick|--smoke] [--out benchmarks/results]``
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (also puts the repository root on sys.path)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from spikingjelly.activation_based import functional  # noqa: E402
+
+from sca_plugin import SCAPruner  # noqa: E402
+from sca_plugin.models import digits_cnn, vgg16  # noqa: E402
+
+# epoch-equivalents: scikit-learn digits train split (1437 images) in batches of 64 -> 23 steps;
+# CIFAR-10 (50,000 images) in the batches of 16 timed here -> 3125 steps
+STEPS_PER_EPOCH = {"digits_cnn": (23, "digits train split, 1437 images / batch 64"),
+                   "vgg16": (3125, "CIFAR-10 train set, 50,000 images / batch 16")}
+
+PROFILES = {
+    #           train-step reps      finalize widths / reps   mask-update reps  memory (models, steps, repeats)
+    "default": dict(reps={"digits_cnn": 60, "vgg16": 25}, vgg_width=0.25, fin_widths=(0.5, 1.0), fin_reps=3,
+                    upd_reps=10, mem_models=("digits_cnn", "vgg16"), mem_steps=5, mem_repeats=2),
+    "quick": dict(reps={"digits_cnn": 15, "vgg16": 6}, vgg_width=0.25, fin_widths=(0.5,), fin_reps=1,
+                  upd_reps=3, mem_models=("digits_cnn", "vgg16"), mem_steps=2, mem_repeats=1),
+    "smoke": dict(reps={"digits_cnn": 4, "vgg16": 2}, vgg_width=0.125, fin_widths=(0.125,), fin_reps=1,
+                  upd_reps=2, mem_models=("digits_cnn",), mem_steps=1, mem_repeats=1),
+}
+
+
+def build(name: str, width: float):
+    torch.manual_seed(0)
+    if name == "digits_cnn":
+        model = digits_cnn(T=4)
+        x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    else:
+        model = vgg16(width=width, T=4)
+        x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    return model, x, y
+
+
+def make_pruner(model, x, **kw):
+    return SCAPruner(model, x[:2], pruning_ratio=0.5, regrow_ratio=0.1, ignored_layers=[model.classifier], **kw)
+
+
+def train_step(model, opt, x, y, pruner=None):
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if pruner is not None:
+        pruner.regularize(model)
+    opt.step()
+    functional.reset_net(model)
+
+
+def bench_train_step(name: str, width: float, reps: int, upd_reps: int) -> dict:
+    plain, x, y = build(name, width)
+    sca_model = copy.deepcopy(plain)
+    pruner = make_pruner(sca_model, x)
+    opt_plain = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
+    opt_sca = torch.optim.SGD(sca_model.parameters(), lr=0.01, momentum=0.9)
+    plain.train(); sca_model.train()
+    # masks active from here on (the steady state of SCA training)
+    train_step(sca_model, opt_sca, x, y, pruner)
+    pruner.update_masks()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(x.shape, generator=g), torch.randint(0, 10, y.shape, generator=g)) for _ in range(4)]
+    it = {"plain": 0, "sca": 0}
+
+    def step_plain():
+        bx, by = batches[it["plain"] % len(batches)]; it["plain"] += 1
+        train_step(plain, opt_plain, bx, by)
+
+    def step_sca():
+        bx, by = batches[it["sca"] % len(batches)]; it["sca"] += 1
+        train_step(sca_model, opt_sca, bx, by, pruner)
+
+    times = common.interleave({"plain": step_plain, "sca": step_sca}, reps=reps, warmup=2)
+    plain_s, sca_s = common.summarize(times["plain"]), common.summarize(times["sca"])
+
+    # mask update: after one SCA step (statistics and BN gradients exist), time update_masks()
+    upd = []
+    for _ in range(upd_reps):
+        step_sca()
+        upd.append(common.timed(pruner.update_masks))
+    upd_s = common.summarize(upd)
+    spe, spe_note = STEPS_PER_EPOCH[name]
+    epoch_s = spe * sca_s["median"]
+    return {
+        "model": name, "width": width if name == "vgg16" else 1.0, "T": 4, "batch_shape": list(x.shape),
+        "step_mode": "m", "pruned_fraction": pruner.sparsity(),
+        "plain_step_s": plain_s, "sca_step_s": sca_s,
+        "step_time_ratio": common.ratio(sca_s["median"], plain_s["median"]),
+        "update_masks_s": upd_s,
+        "steps_per_epoch": spe, "steps_per_epoch_assumption": spe_note,
+        "epoch_equivalent_s": epoch_s,
+        "update_masks_fraction_of_epoch": common.ratio(upd_s["median"], epoch_s),
+    }
+
+
+def bench_finalize(width: float, reps: int) -> dict:
+    out = {"model": "vgg16", "width": width, "T": 4, "input": "32x32",
+           "example_inputs_shape": [2, 3, 32, 32]}
+    for label, atol in (("verified", 1e-5), ("unverified", None)):
+        ts = []
+        for _ in range(reps):
+            model, x, y = build("vgg16", width)
+            pruner = make_pruner(model, x, verify_atol=atol)
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            model.train()
+            train_step(model, opt, x, y, pruner)
+            pruner.update_masks()
+            ts.append(common.timed(pruner.finalize))
+        out[f"finalize_{label}_s"] = common.summarize(ts)
+    return out
+
+
+# --------------------------------------------------------------------------- memory
+def memory_child(name: str, width: float, variant: str, steps: int) -> dict:
+    """Runs in a fresh interpreter: build, note VmHWM/VmRSS, train ``steps`` steps, note it again."""
+    model, x, y = build(name, width)
+    before = _status_kib("VmHWM")
+    rss_before = _status_kib("VmRSS")
+    pruner = make_pruner(model, x) if variant == "sca" else None
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    for i in range(steps + 1):
+        train_step(model, opt, x, y, pruner)
+        if pruner is not None and i == 0:
+            pruner.update_masks()
+    after = _status_kib("VmHWM")
+    return {"maxrss_before_training_kib": before, "maxrss_kib": after,  # Linux: KiB
+            "rss_before_training_kib": rss_before, "rss_after_training_kib": _status_kib("VmRSS"),
+            "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+
+
+def _status_kib(key: str) -> int:
+    """VmHWM (peak RSS of this process image) or VmRSS from /proc/self/status, KiB.
+
+    Not ``getrusage().ru_maxrss``: on Linux a child started by fork+exec inherits the parent's
+    high-water mark in ru_maxrss, so it would report the benchmark parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def bench_memory(name: str, width: float, steps: int, repeats: int) -> dict:
+    runs = {"plain": [], "sca": []}
+    for r in range(repeats):
+        for variant in (("plain", "sca") if r % 2 == 0 else ("sca", "plain")):
+            cmd = [sys.executable, __file__, "--_memory-child", name, str(width), variant, str(steps)]
+            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            runs[variant].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    med = {v: statistics.median(r["maxrss_kib"] for r in runs[v]) for v in runs}
+    base = {v: statistics.median(r["maxrss_before_training_kib"] for r in runs[v]) for v in runs}
+    return {
+        "model": name, "width": width if name == "vgg16" else 1.0, "steps": steps + 1, "repeats": repeats,
+        "method": "VmHWM (peak RSS) of a fresh subprocess per variant, KiB, median over repeats; ru_maxrss not used because a fork+exec child inherits the parent's high-water mark",
+        "plain_peak_rss_mib": med["plain"] / 1024, "sca_peak_rss_mib": med["sca"] / 1024,
+        "plain_rss_before_training_mib": base["plain"] / 1024, "sca_rss_before_training_mib": base["sca"] / 1024,
+        "peak_rss_ratio": common.ratio(med["sca"], med["plain"]),
+        "training_rss_increase_plain_mib": (med["plain"] - base["plain"]) / 1024,
+        "training_rss_increase_sca_mib": (med["sca"] - base["sca"]) / 1024,
+        "plain_rss_growth_mib": statistics.median(r["rss_after_training_kib"] - r["rss_before_training_kib"]
+                                                  for r in runs["plain"]) / 1024,
+        "sca_rss_growth_mib": statistics.median(r["rss_after_training_kib"] - r["rss_before_training_kib"]
+                                                for r in runs["sca"]) / 1024,
+        "runs": runs,
+    }
+
+
+# --------------------------------------------------------------------------- report
+def markdown(data: dict) -> str:
+    info = data["machine"]
+    s = [f"# SCA overhead ({data['profile']})\n\n", common.machine_md(info), "\n## Training step (interleaved A/B)\n\n"]
+    rows = []
+    for r in data["train_step"]:
+        p, q = r["plain_step_s"], r["sca_step_s"]
+        rows.append([f"{r['model']} w{r['width']:g}", "x".join(map(str, r["batch_shape"])), p["n"],
+                     f"{common.ms(p['median']):.2f} ({common.ms(p['iqr']):.2f})",
+                     f"{common.ms(q['median']):.2f} ({common.ms(q['iqr']):.2f})", f"{r['step_time_ratio']:.3f}"])
+    s.append(common.md_table(["model", "batch", "reps", "plain ms median (IQR)", "SCA ms median (IQR)",
+                              "SCA / plain"], rows))
+    s.append("\n## Mask update vs epoch-equivalent\n\n")
+    rows = [[f"{r['model']} w{r['width']:g}", f"{common.ms(r['update_masks_s']['median']):.2f}",
+             f"{r['steps_per_epoch']} ({r['steps_per_epoch_assumption']})", f"{r['epoch_equivalent_s']:.2f}",
+             f"{r['update_masks_fraction_of_epoch']:.2e}"] for r in data["train_step"]]
+    s.append(common.md_table(["model", "update_masks ms (median)", "steps/epoch assumed",
+                              "epoch-equivalent s", "fraction of epoch"], rows))
+    s.append("\n## finalize() (VGG16, T=4, 32x32, example inputs 2x3x32x32)\n\n")
+    rows = [[f"{r['width']:g}", r["finalize_verified_s"]["n"], f"{common.ms(r['finalize_verified_s']['median']):.1f}",
+             f"{common.ms(r['finalize_unverified_s']['median']):.1f}"] for r in data["finalize"]]
+    s.append(common.md_table(["width", "reps", "finalize ms (with float64 check)", "finalize ms (verify_atol=None)"],
+                             rows))
+    s.append("\n## Peak memory (VmHWM = peak RSS of a fresh subprocess per variant)\n\n")
+    rows = [[f"{r['model']} w{r['width']:g}", r["steps"], f"{r['plain_peak_rss_mib']:.1f}",
+             f"{r['sca_peak_rss_mib']:.1f}", f"{r['peak_rss_ratio']:.3f}",
+             f"{r['training_rss_increase_plain_mib']:.1f}", f"{r['training_rss_increase_sca_mib']:.1f}",
+             f"{r['plain_rss_growth_mib']:.1f}", f"{r['sca_rss_growth_mib']:.1f}"]
+            for r in data["memory"]]
+    s.append(common.md_table(["model", "train steps", "plain peak MiB", "SCA peak MiB", "SCA / plain",
+                              "plain: peak growth MiB", "SCA: peak growth MiB",
+                              "plain: VmRSS growth MiB", "SCA: VmRSS growth MiB"], rows))
+    s.append("\nPeak RSS includes the interpreter, torch and the libraries (~hundreds of MiB), so the ratio "
+             "understates the relative cost for the tensors. (`ru_maxrss` is not used: a fork+exec child inherits "
+             "the parent's high-water mark there.) Peak growth = VmHWM after training minus VmHWM "
+             "after building the model (0 when training never exceeds the import-time peak); VmRSS growth = "
+             "resident memory after training minus after building (pruner, hooks, statistics, optimizer state "
+             "that stay allocated). torch has no CPU allocator statistics in this build, hence RSS.\n")
+    return "".join(s)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (< ~60 s)")
+    ap.add_argument("--smoke", action="store_true", help="tiny run for the test suite (schema only)")
+    ap.add_argument("--out", default=str(common.REPO_ROOT / "benchmarks" / "results"))
+    ap.add_argument("--_memory-child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._memory_child:
+        name, width, variant, steps = args._memory_child
+        print(json.dumps(memory_child(name, float(width), variant, int(steps))))
+        return {}
+    profile = "smoke" if args.smoke else "quick" if args.quick else "default"
+    cfg = PROFILES[profile]
+    t0 = time.perf_counter()
+    data = {"benchmark": "overhead", "profile": profile, "machine": common.machine_info("cpu"),
+            "train_step": [], "finalize": [], "memory": []}
+    for name in ("digits_cnn", "vgg16"):
+        r = bench_train_step(name, cfg["vgg_width"], cfg["reps"][name], cfg["upd_reps"])
+        data["train_step"].append(r)
+        print(f"[overhead] {name}: SCA/plain step {r['step_time_ratio']:.3f}", flush=True)
+    for w in cfg["fin_widths"]:
+        data["finalize"].append(bench_finalize(w, cfg["fin_reps"]))
+        print(f"[overhead] finalize vgg16 w{w:g}: {data['finalize'][-1]['finalize_verified_s']['median']:.3f} s",
+              flush=True)
+    for name in cfg["mem_models"]:
+        data["memory"].append(bench_memory(name, cfg["vgg_width"], cfg["mem_steps"], cfg["mem_repeats"]))
+        print(f"[overhead] memory {name}: SCA/plain peak RSS {data['memory'][-1]['peak_rss_ratio']:.3f}", flush=True)
+    data["wall_time_s"] = time.perf_counter() - t0
+    md = markdown(data)
+    paths = common.write_results(args.out, "overhead", data, md)
+    print(md)
+    print(f"[overhead] wrote {paths['json']} and {paths['md']} in {data['wall_time_s']:.1f} s")
+    return data
+
+
+if __name__ == "__main__":
+    main()
