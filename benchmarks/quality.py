@@ -1,0 +1,431 @@
+"""Quality benchmark: accuracy vs model cost of SCA and the built-in pruning criteria.
+
+    python benchmarks/quality.py --config benchmarks/configs/quality_smoke.yaml \
+        [--out DIR] [--runs-dir runs/quality] [--resume]
+
+The YAML config lists one setting (dataset, model, width, time steps, epochs, optimizer, data
+limits) shared by every row, the seeds, the pruning ratios and the methods (``dense`` is trained
+once per seed, not per ratio), plus optional per-method overrides (``regrow_ratio``,
+``oneshot_epoch``, ...).  Every (method, ratio, seed) is one ``run_training`` call into
+``<runs-dir>/<method>-r<ratio>-s<seed>`` (``dense-s<seed>``); a run whose ``metrics.json`` exists
+is not retrained (an interrupted sweep continues where it stopped; with ``--resume`` a run that
+was cut off mid-training continues from its last checkpoint).  Writes into ``--out``:
+
+* ``summary.json``: per (method, ratio) group: seeds, accuracy mean ± std, parameters, MACs per
+  time step, SynOps, activation sparsity, final channels per layer; the config and the machine;
+* ``table.md``: the same as a markdown table, with the command and the machine above it;
+* ``fig_accuracy_vs_params.png``, ``fig_accuracy_vs_synops.png`` (the Pareto view: log x, one
+  line per method through its pruning ratios, error bars = std over seeds) and
+  ``fig_accuracy_vs_ratio.png`` (``sca_plugin.plots.plot_accuracy_vs_ratio``);
+* ``runs/<run-name>.json``: a copy of each run's ``metrics.json`` (the model files stay in the runs
+  folder).
+
+Config keys: ``dataset, model, width, time_steps, epochs, batch_size, lr, seeds, ratios, methods``
+and optionally ``train_limit, test_limit, overrides: {method: {TrainConfig field: value}}`` and
+``train: {TrainConfig field: value}`` (further settings shared by every run, e.g. ``optimizer``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO_ROOT, _clean, machine_info  # noqa: E402  (also puts the repo on sys.path)
+
+from sca_plugin.config import METHODS, ConfigError, TrainConfig  # noqa: E402
+
+SHARED_KEYS = ("dataset", "model", "width", "time_steps", "epochs", "batch_size", "lr", "train_limit", "test_limit")
+REQUIRED_KEYS = ("dataset", "model", "seeds", "methods")
+ALL_KEYS = set(SHARED_KEYS) | {"seeds", "ratios", "methods", "overrides", "train", "name"}
+# settings the harness controls itself; a config may not set them
+HARNESS_FIELDS = {"method", "pruning_ratio", "seed", "output_dir", "resume", "progress", "dense_baseline"}
+# fields that may differ between a finished run's config and the requested one
+RUN_FREE_FIELDS = {"output_dir", "resume", "progress", "tensorboard", "device"}
+COPY_LIMIT_BYTES = 256 * 1024
+
+
+# --------------------------------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------------------------------
+def load_bench_config(path) -> Dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    data = yaml.safe_load(p.read_text())
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - ALL_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid: {', '.join(sorted(ALL_KEYS))}")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ConfigError(f"{path}: missing key(s) {missing}")
+    bad = [m for m in data["methods"] if m not in METHODS]
+    if bad:
+        raise ConfigError(f"{path}: unknown method(s) {bad}; use {', '.join(METHODS)}")
+    if any(m != "dense" for m in data["methods"]) and not data.get("ratios"):
+        raise ConfigError(f"{path}: pruning methods need a non-empty 'ratios' list")
+    for m, ov in (data.get("overrides") or {}).items():
+        if m not in data["methods"]:
+            raise ConfigError(f"{path}: overrides for {m!r}, which is not in 'methods'")
+        clash = sorted(set(ov) & HARNESS_FIELDS)
+        if clash:
+            raise ConfigError(f"{path}: overrides for {m!r} set {clash}, which the harness sets itself")
+    clash = sorted(set(data.get("train") or {}) & (HARNESS_FIELDS | set(SHARED_KEYS)))
+    if clash:
+        raise ConfigError(f"{path}: 'train' sets {clash}; set them at the top level (or not at all)")
+    data.setdefault("name", p.stem)
+    return data
+
+
+def run_name(method: str, ratio: float, seed: int) -> str:
+    return f"dense-s{seed}" if method == "dense" else f"{method}-r{ratio:g}-s{seed}"
+
+
+def plan_runs(cfg: Dict[str, Any], runs_dir: Path) -> List[Dict[str, Any]]:
+    """One entry per run: name, method, ratio, seed, and the TrainConfig (validated)."""
+    shared = {k: cfg[k] for k in SHARED_KEYS if cfg.get(k) is not None}
+    shared.update(cfg.get("train") or {})
+    plan = []
+    for method in cfg["methods"]:
+        ratios = [0.0] if method == "dense" else [float(r) for r in cfg["ratios"]]
+        for ratio in ratios:
+            for seed in cfg["seeds"]:
+                name = run_name(method, ratio, seed)
+                values = dict(shared, **((cfg.get("overrides") or {}).get(method) or {}))
+                values.update(method=method, pruning_ratio=ratio, seed=int(seed), progress=False,
+                              dense_baseline=False, output_dir=str(runs_dir / name))
+                plan.append({"name": name, "method": method, "ratio": ratio, "seed": int(seed),
+                             "config": TrainConfig.from_dict(values)})
+    return plan
+
+
+def _comparable(d: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in RUN_FREE_FIELDS}
+
+
+# --------------------------------------------------------------------------------------------------
+# the sweep
+# --------------------------------------------------------------------------------------------------
+def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print) -> Dict[str, Any]:
+    """Train every planned run whose metrics.json does not exist yet; returns metrics per run name
+    and what was trained / reused."""
+    from sca_plugin.runner import run_training
+
+    # check first, train later: a stale or half-finished folder stops the sweep before any work
+    for item in plan:
+        out = Path(item["config"].output_dir)
+        metrics = out / "metrics.json"
+        if metrics.is_file():
+            saved = json.loads(metrics.read_text()).get("config", {})
+            want = item["config"].to_dict()
+            diff = sorted(k for k in _comparable(want) if saved.get(k) != want[k])
+            if diff:
+                raise ConfigError(f"{out} holds a finished run made with other settings ({', '.join(diff)}); "
+                                  "use another --runs-dir or delete that folder")
+        elif (out / "checkpoint.pt").is_file() and not resume:
+            raise ConfigError(f"{out} holds an unfinished run; pass --resume to continue it "
+                              "(or delete that folder to start it over)")
+
+    results: Dict[str, Dict[str, Any]] = {}
+    trained, reused = [], []
+    for i, item in enumerate(plan, 1):
+        cfg: TrainConfig = item["config"]
+        out = Path(cfg.output_dir)
+        if (out / "metrics.json").is_file():
+            results[item["name"]] = json.loads((out / "metrics.json").read_text())
+            reused.append(item["name"])
+            log(f"[{i}/{len(plan)}] {item['name']}: finished before, not retrained")
+            continue
+        if resume and (out / "checkpoint.pt").is_file():
+            cfg.resume = True
+        t0 = time.time()
+        m = run_training(cfg, log=lambda s: None)
+        results[item["name"]] = m
+        trained.append(item["name"])
+        log(f"[{i}/{len(plan)}] {item['name']}: accuracy {100 * m['accuracy']['final']:.2f}%, "
+            f"{m['parameters']['after']:,} parameters ({time.time() - t0:.1f} s)")
+    return {"metrics": results, "trained": trained, "reused": reused}
+
+
+# --------------------------------------------------------------------------------------------------
+# summary
+# --------------------------------------------------------------------------------------------------
+def _mean_std(values) -> Dict[str, Optional[float]]:
+    import numpy as np
+
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None}
+    return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+
+
+def summarize_runs(metrics: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    from sca_plugin.plots import group_runs
+
+    runs = []
+    for name, m in metrics.items():
+        r = dict(m)
+        r["path"] = name
+        runs.append(r)
+    groups = []
+    for g in group_runs(runs):
+        rs = g["runs"]
+        layers = list((rs[0].get("channels") or {}).get("before") or {})
+        channels = {n: _mean_std((r.get("channels") or {}).get("after", {}).get(n) for r in rs) for n in layers}
+        groups.append({
+            "method": g["method"],
+            "pruning_ratio": g["pruning_ratio"],
+            "n": g["n"],
+            "seeds": g["seeds"],
+            "runs": [r["path"] for r in rs],
+            "accuracy_mean": g["accuracy_mean"],
+            "accuracy_std": g["accuracy_std"],
+            "accuracy_per_seed": [(r.get("accuracy") or {}).get("final") for r in rs],
+            "parameters": g["parameters"],
+            "parameters_before": g["parameters_before"],
+            "macs_per_step": g["macs_per_step"],
+            "macs_per_step_before": g["macs_per_step_before"],
+            "synops": g["synops"],
+            "synops_std": _mean_std((r.get("synops") or {}).get("after") for r in rs)["std"],
+            "activation_sparsity": _mean_std(r.get("activation_sparsity") for r in rs)["mean"],
+            "channels_before": dict((rs[0].get("channels") or {}).get("before") or {}),
+            "channels_after_mean": {n: v["mean"] for n, v in channels.items()},
+            "channels_after_std": {n: v["std"] for n, v in channels.items()},
+            "regrow_ratio": rs[0].get("regrow_ratio"),
+            "oneshot_epoch": (rs[0].get("config") or {}).get("oneshot_epoch"),
+            "wall_time_s_mean": _mean_std(r.get("wall_time_s") for r in rs)["mean"],
+        })
+    return groups
+
+
+def _count(v: Optional[float]) -> str:
+    if v is None:
+        return "–"
+    return f"{v:,.0f}"
+
+
+def _rel(v: Optional[float], ref: Optional[float]) -> str:
+    s = _count(v)
+    if v is not None and ref:
+        s += f" ({100 * v / ref:.0f}%)"
+    return s
+
+
+def _schedule(cfg: Dict[str, Any], method: str, epochs: int) -> str:
+    if method == "dense":
+        return "no pruning"
+    ov = (cfg.get("overrides") or {}).get(method) or {}
+    if ov.get("oneshot_epoch") is not None:
+        return f"one-shot after epoch {ov['oneshot_epoch']}, then fine-tuning"
+    fixed = ov.get("fixed_mask_epochs", (cfg.get("train") or {}).get("fixed_mask_epochs"))
+    fixed = epochs // 6 if fixed is None else fixed
+    return f"dynamic: masks updated each epoch for {epochs - fixed} of {epochs} epochs"
+
+
+def table_markdown(groups: List[Dict[str, Any]], cfg: Dict[str, Any], info: Dict[str, Any],
+                   sweep: Dict[str, Any]) -> str:
+    dense = next((g for g in groups if g["method"] == "dense"), None)
+    epochs = int(cfg.get("epochs") or TrainConfig.epochs)
+    layers = list(groups[0]["channels_before"]) if groups else []
+    lines = [
+        f"# Quality benchmark: `{cfg['name']}`",
+        "",
+        f"Command: `{info['command']}`  ",
+        f"Machine: {info['cpu_model']}, {info['cpu_cores']} cores ({info['torch_threads']} torch threads), "
+        f"torch {info['torch_version']}, Python {info['python_version']}, device `{info['device']}`, {info['date']}.  ",
+        f"Sweep: {len(sweep['trained'])} runs trained, {len(sweep['reused'])} reused from earlier invocations; "
+        f"{sweep['elapsed_s']:.1f} s wall time for this invocation "
+        f"(sum of the runs' own wall times: {sweep['run_wall_time_sum_s']:.1f} s).",
+        "",
+        f"Setting (the same for every row): dataset `{cfg['dataset']}`, model `{cfg['model']}`, width "
+        f"{cfg.get('width', 1.0)}, T = {cfg.get('time_steps', 4)}, {epochs} epochs, batch {cfg.get('batch_size', 64)}, "
+        f"lr {cfg.get('lr', 0.1)} ({(cfg.get('train') or {}).get('optimizer', 'sgd')} + cosine), "
+        f"train_limit {cfg.get('train_limit') or 'all'}, test_limit {cfg.get('test_limit') or 'all'}, seeds {cfg['seeds']}; "
+        f"no dense baseline inside the pruned runs (the `dense` row is its own run per seed).",
+        "",
+        "Schedules: the built-in Torch-Pruning criteria (l1, l2, bnscale, taylor, lamp, random) use the same "
+        "dynamic mask schedule as SCA unless `oneshot_epoch` is set for them; regrowth only where "
+        "`regrow_ratio` > 0 (default 0.1 for `sca`, 0 otherwise).",
+        "",
+    ]
+    for m in dict.fromkeys(g["method"] for g in groups):
+        g0 = next(g for g in groups if g["method"] == m)
+        extra = f", regrow_ratio {g0['regrow_ratio']:g}" if m != "dense" and g0["regrow_ratio"] is not None else ""
+        ov = (cfg.get("overrides") or {}).get(m)
+        lines.append(f"- `{m}`: {_schedule(cfg, m, epochs)}{extra}" + (f"; overrides {ov}" if ov else ""))
+    lines += [
+        "",
+        "Accuracy: final test accuracy of the finalized (physically pruned) model, mean ± sample std over seeds; "
+        "Δ: difference of the means to `dense`. Parameters, MACs per time step and SynOps per sample (mean over "
+        "seeds, % of dense in parentheses). Activation sparsity: fraction of zero spikes. Channels: mean kept "
+        f"channels per layer ({' / '.join(layers)}; dense: {' / '.join(str(v) for v in groups[0]['channels_before'].values()) if groups else ''}).",
+        "",
+        "| method | ratio | n | accuracy (%) | Δ vs dense (pt) | parameters | MACs/step | SynOps | act. sparsity | channels |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g in groups:
+        acc = "–" if g["accuracy_mean"] is None else f"{100 * g['accuracy_mean']:.2f} ± {100 * g['accuracy_std']:.2f}"
+        delta = "–"
+        if dense and g is not dense and g["accuracy_mean"] is not None and dense["accuracy_mean"] is not None:
+            delta = f"{100 * (g['accuracy_mean'] - dense['accuracy_mean']):+.2f}"
+        ref = (lambda k: dense[k] if dense and g is not dense else None)
+        chans = " / ".join("–" if v is None else f"{v:.1f}".rstrip("0").rstrip(".")
+                           for v in g["channels_after_mean"].values())
+        sp = "–" if g["activation_sparsity"] is None else f"{g['activation_sparsity']:.3f}"
+        lines.append(f"| {g['method']} | {'–' if g['method'] == 'dense' else format(g['pruning_ratio'], 'g')} | "
+                     f"{g['n']} | {acc} | {delta} | {_rel(g['parameters'], ref('parameters'))} | "
+                     f"{_rel(g['macs_per_step'], ref('macs_per_step'))} | {_rel(g['synops'], ref('synops'))} | "
+                     f"{sp} | {chans} |")
+    lines += ["", "Figures: `fig_accuracy_vs_params.png`, `fig_accuracy_vs_synops.png` (log x; error bars: std "
+              "over seeds), `fig_accuracy_vs_ratio.png`.", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# figures
+# --------------------------------------------------------------------------------------------------
+def plot_pareto(groups: List[Dict[str, Any]], cost: str, path: Path, *, title: str) -> Path:
+    """Accuracy (mean ± std) against ``cost`` ("parameters" or "synops") on a log x axis, one line
+    per method through its pruning ratios, dense as a star and a dotted reference line."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from sca_plugin.plots import _method_color
+
+    label = {"parameters": "parameters (log scale)", "synops": "SynOps per sample (log scale)"}[cost]
+    pts = [g for g in groups if g[cost] and g["accuracy_mean"] is not None]
+    if not pts:
+        raise ValueError(f"no group has both {cost} and an accuracy")
+    fig = Figure(figsize=(8.6, 5.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    methods = list(dict.fromkeys(g["method"] for g in pts))
+    markers = ["o", "s", "^", "v", "D", "P", "X", "<", ">", "h", "p", "*"]
+    for i, m in enumerate(methods):
+        gs = sorted((g for g in pts if g["method"] == m), key=lambda g: g[cost])
+        x = np.array([g[cost] for g in gs])
+        y = np.array([100 * g["accuracy_mean"] for g in gs])
+        e = np.array([100 * (g["accuracy_std"] or 0.0) for g in gs])
+        color = _method_color(m)
+        if m == "dense":
+            ax.errorbar(x, y, yerr=e, fmt="*", ms=15, color=color, mec="black", mew=0.6, capsize=3, zorder=5,
+                        label="dense")
+            ax.axhline(y[0], color=color, ls=":", lw=1, zorder=1)
+            continue
+        ratios = ", ".join(f"{g['pruning_ratio']:g}" for g in gs)
+        ax.errorbar(x, y, yerr=e, fmt="-" + markers[i % len(markers)], ms=7, lw=1.4, color=color, mec="black",
+                    mew=0.5, capsize=3, alpha=0.9, zorder=3, label=f"{m} (ratios {ratios})")
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(label)
+    ax.set_ylabel("test accuracy (%, mean ± std over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=True)
+    ax.set_title(title, fontsize=10.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    return path
+
+
+def make_figures(groups, metrics: Dict[str, Dict[str, Any]], out: Path, cfg: Dict[str, Any]) -> List[Path]:
+    from sca_plugin.plots import plot_accuracy_vs_ratio
+
+    n_seeds = len(cfg["seeds"])
+    setup = f"{cfg['model']} (width {cfg.get('width', 1.0)}) / {cfg['dataset']}, T={cfg.get('time_steps', 4)}, " \
+            f"{cfg.get('epochs')} epochs, {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    paths = []
+    for cost, fname, what in (("parameters", "fig_accuracy_vs_params.png", "parameters"),
+                              ("synops", "fig_accuracy_vs_synops.png", "SynOps")):
+        try:
+            paths.append(plot_pareto(groups, cost, out / fname, title=f"Accuracy vs {what}: {setup}"))
+        except ValueError as e:
+            print(f"quality: skipped {fname}: {e}", file=sys.stderr)
+    runs = []
+    for name, m in metrics.items():
+        r = dict(m)
+        r["path"] = name
+        runs.append(r)
+    try:
+        paths.append(plot_accuracy_vs_ratio(runs, out / "fig_accuracy_vs_ratio.png",
+                                            title=f"Accuracy and cost vs pruning ratio: {setup}"))
+    except ValueError as e:
+        print(f"quality: skipped fig_accuracy_vs_ratio.png: {e}", file=sys.stderr)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------------
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python benchmarks/quality.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="benchmark YAML (benchmarks/configs/quality_*.yaml)")
+    parser.add_argument("--out", help="output folder (default benchmarks/results/<config name>)")
+    parser.add_argument("--runs-dir", help="folder of the run folders (default runs/<config name>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue runs that were cut off mid-training from their checkpoint "
+                             "(finished runs are always reused)")
+    args = parser.parse_args(argv)
+    start = time.time()
+    try:
+        cfg = load_bench_config(args.config)
+        out = Path(args.out or REPO_ROOT / "benchmarks" / "results" / cfg["name"])
+        runs_dir = Path(args.runs_dir or REPO_ROOT / "runs" / cfg["name"])
+        plan = plan_runs(cfg, runs_dir)
+        print(f"quality: {len(plan)} runs into {runs_dir}, results into {out}", flush=True)
+        sweep = run_sweep(plan, resume=args.resume, log=lambda s: print(s, flush=True))
+    except ConfigError as e:
+        print(f"quality: error: {e}", file=sys.stderr)
+        return 2
+    sweep["elapsed_s"] = time.time() - start
+    sweep["run_wall_time_sum_s"] = sum(float(m.get("wall_time_s") or 0.0) for m in sweep["metrics"].values())
+
+    info = machine_info("cpu")
+    info["device"] = ", ".join(sorted({str(it["config"].device) for it in plan}))
+    if argv is not None:  # called from Python (tests): record the equivalent command line
+        info["command"] = "python benchmarks/quality.py " + " ".join(argv)
+    groups = summarize_runs(sweep["metrics"])
+    out.mkdir(parents=True, exist_ok=True)
+    runs_out = out / "runs"
+    runs_out.mkdir(exist_ok=True)
+    for item in plan:
+        src = Path(item["config"].output_dir) / "metrics.json"
+        if src.stat().st_size <= COPY_LIMIT_BYTES:
+            shutil.copyfile(src, runs_out / f"{item['name']}.json")
+        else:  # keep the copy small: drop the per-update history and the raw scores
+            m = {k: v for k, v in sweep["metrics"][item["name"]].items() if k not in ("history", "importance_scores")}
+            (runs_out / f"{item['name']}.json").write_text(json.dumps(m, indent=2))
+    summary = {
+        "benchmark": "quality",
+        "config_file": str(args.config),
+        "config": cfg,
+        "machine": info,
+        "sweep": {k: sweep[k] for k in ("trained", "reused", "elapsed_s", "run_wall_time_sum_s")},
+        "runs_dir": str(runs_dir),
+        "groups": groups,
+    }
+    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
+    (out / "table.md").write_text(table_markdown(groups, cfg, info, sweep))
+    figs = make_figures(groups, sweep["metrics"], out, cfg)
+    print(table_markdown(groups, cfg, info, sweep))
+    for p in [out / "summary.json", out / "table.md", *figs]:
+        print(p)
+    print(f"quality: done in {time.time() - start:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""End-to-end test of benchmarks/quality.py on a tiny config: outputs exist and parse, and a second
+invocation reuses the finished runs instead of retraining them."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+TINY = """
+dataset: digits
+model: digits_cnn
+width: 0.25
+time_steps: 2
+epochs: 1
+batch_size: 64
+lr: 0.1
+train_limit: 128
+test_limit: 128
+seeds: [0]
+ratios: [0.5]
+methods: [dense, sca]
+"""
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_quality", BENCH / "quality.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_quality_tiny_sweep_and_resume(tmp_path, capsys):
+    quality = _load()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    argv = ["--config", str(config), "--out", str(out), "--runs-dir", str(runs)]
+    assert quality.main(argv) == 0
+
+    metrics = {p.parent.name: p for p in runs.glob("*/metrics.json")}
+    assert set(metrics) == {"dense-s0", "sca-r0.5-s0"}
+    summary = json.loads((out / "summary.json").read_text())
+    groups = {(g["method"], g["pruning_ratio"]): g for g in summary["groups"]}
+    assert set(groups) == {("dense", 0.0), ("sca", 0.5)}
+    for g in groups.values():
+        assert g["n"] == 1 and 0.0 <= g["accuracy_mean"] <= 1.0 and g["accuracy_std"] == 0.0
+        assert g["parameters"] > 0 and g["macs_per_step"] > 0 and g["synops"] is not None
+        assert g["activation_sparsity"] is not None and g["channels_after_mean"]
+    assert groups[("sca", 0.5)]["parameters"] < groups[("dense", 0.0)]["parameters"]
+    assert sorted(summary["sweep"]["trained"]) == ["dense-s0", "sca-r0.5-s0"] and summary["sweep"]["reused"] == []
+    for key in ("cpu_model", "cpu_cores", "torch_version", "date", "command"):
+        assert summary["machine"][key]
+
+    table = (out / "table.md").read_text()
+    assert "Command:" in table and "Machine:" in table and "same dynamic mask schedule" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert len(rows) == 2 and any(r.startswith("| sca | 0.5 | 1 |") for r in rows)
+
+    for name in ("fig_accuracy_vs_params.png", "fig_accuracy_vs_synops.png", "fig_accuracy_vs_ratio.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    for name in metrics:
+        assert json.loads((out / "runs" / f"{name}.json").read_text())["method"] in ("dense", "sca")
+
+    # second invocation: nothing retrained, metrics.json untouched
+    mtimes = {n: p.stat().st_mtime_ns for n, p in metrics.items()}
+    capsys.readouterr()
+    assert quality.main(argv) == 0
+    assert "not retrained" in capsys.readouterr().out
+    assert {n: p.stat().st_mtime_ns for n, p in metrics.items()} == mtimes
+    summary2 = json.loads((out / "summary.json").read_text())
+    assert summary2["sweep"]["trained"] == [] and sorted(summary2["sweep"]["reused"]) == sorted(metrics)
+    assert [g["accuracy_mean"] for g in summary2["groups"]] == [g["accuracy_mean"] for g in summary["groups"]]
+
+
+def test_quality_refuses_stale_and_unfinished_runs(tmp_path):
+    quality = _load()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("methods: [dense, sca]", "methods: [dense]"))
+    runs = tmp_path / "runs"
+    argv = ["--config", str(config), "--out", str(tmp_path / "out"), "--runs-dir", str(runs)]
+    assert quality.main(argv) == 0
+    # the same runs folder with other settings: refused, not silently mixed
+    config.write_text(TINY.replace("methods: [dense, sca]", "methods: [dense]").replace("epochs: 1", "epochs: 2"))
+    assert quality.main(argv) == 2
+    # an unfinished run (checkpoint, no metrics.json) needs --resume
+    (runs / "dense-s0" / "metrics.json").unlink()
+    (runs / "dense-s0" / "checkpoint.pt").write_bytes(b"")
+    config.write_text(TINY.replace("methods: [dense, sca]", "methods: [dense]"))
+    assert quality.main(argv) == 2
+
+
+def test_quality_config_errors(tmp_path):
+    quality = _load()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.replace("methods: [dense, sca]", "methods: [dense, magic]"))
+    with pytest.raises(quality.ConfigError, match="unknown method"):
+        quality.load_bench_config(bad)
+    bad.write_text(TINY + "overrides:\n  sca: {seed: 3}\n")
+    with pytest.raises(quality.ConfigError, match="harness sets itself"):
+        quality.load_bench_config(bad)
