@@ -119,6 +119,20 @@ def _call(model: nn.Module, example_inputs: Any, forward_fn=None):
     return model(example_inputs)
 
 
+def eval_outputs(model: nn.Module, inputs: Any, forward_fn=None) -> list:
+    """The model's output tensors for ``inputs`` in eval mode, from a fresh neuron state (and the
+    state reset afterwards); train/eval flags are restored."""
+    import torch
+
+    with preserve_training_mode(model), torch.no_grad():
+        model.eval()
+        functional.reset_net(model)
+        out = [t.detach().clone() for t in tp.utils.flatten_as_list(_call(model, inputs, forward_fn))
+               if isinstance(t, torch.Tensor)]
+        functional.reset_net(model)
+    return out
+
+
 def spiking_neuron_pruners(model: nn.Module, example_inputs: Any, forward_fn=None) -> Dict[type, SpikingNeuronPruner]:
     """``customized_pruners`` for Torch-Pruning covering every neuron class in ``model``.
 

@@ -21,7 +21,7 @@ from spikingjelly.activation_based import base as sj_base
 
 from .importance import group_members
 
-__all__ = ["StraightThroughMask", "output_channel_dim", "ChannelMasker", "mask_targets"]
+__all__ = ["StraightThroughMask", "output_channel_dim", "ChannelMasker", "mask_targets", "feeds_only"]
 
 
 class StraightThroughMask(torch.autograd.Function):
@@ -94,12 +94,12 @@ def mask_targets(DG: tp.DependencyGraph, group, module_names: Dict[nn.Module, st
         handlers = [it.dep.handler for it in group if it.dep.target.module is module]
         if not any(DG.is_out_channel_pruning_fn(h) and not DG.is_in_channel_pruning_fn(h) for h in handlers):
             continue  # only its input channels belong to the group
-        if not _feeds_only(DG, module, set(bns), module_names):
+        if not feeds_only(DG, module, set(bns), module_names):
             targets.append((module, local, root))
     return targets
 
 
-def _feeds_only(DG: tp.DependencyGraph, module: nn.Module, allowed: set, module_names) -> bool:
+def feeds_only(DG: tp.DependencyGraph, module: nn.Module, allowed: set, module_names) -> bool:
     """True when every path from ``module``'s output reaches a layer in ``allowed`` before mixing."""
     stack, seen = list(DG.module2node[module].outputs), set()
     if not stack:

@@ -16,7 +16,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 from spikingjelly.activation_based import functional
 
-from .graph import SpikingMetaPruner, _call, preserve_training_mode
+from .graph import SpikingMetaPruner, eval_outputs
 from .importance import SCAImportance, group_channel_mean, group_members
 from .masking import ChannelMasker, mask_targets
 from .regrowth import GradientMagnitudes
@@ -37,10 +37,6 @@ _CONFIG_KEYS = ("pruning_ratio", "regrow_ratio", "global_pruning", "mode", "sche
 
 def _is_bn(m: nn.Module) -> bool:
     return isinstance(m, ops.TORCH_BATCHNORM)
-
-
-def _outputs_as_list(out) -> List[torch.Tensor]:
-    return [t for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor)]
 
 
 class SCAPruner(SpikingMetaPruner):
@@ -342,7 +338,7 @@ class SCAPruner(SpikingMetaPruner):
             # compare in float64: removing channels changes the summation order, and in float32 a
             # membrane potential within rounding of the threshold could flip a spike
             model.double()
-            reference = self._evaluate(to_double(inputs))
+            reference = eval_outputs(model, to_double(inputs), self.forward_fn)
         self._uninstall()
         saved = ModuleSnapshot(model, self.DG, self.neuron_pruner)
         try:
@@ -354,7 +350,7 @@ class SCAPruner(SpikingMetaPruner):
                     group.prune()
             functional.reset_net(model)
             if verify:
-                diff = max((a - b).abs().max().item() for a, b in zip(reference, self._evaluate(to_double(inputs))))
+                diff = max((a - b).abs().max().item() for a, b in zip(reference, eval_outputs(model, to_double(inputs), self.forward_fn)))
                 if not diff <= self.verify_atol:
                     raise RuntimeError(
                         f"the pruned model's outputs differ from the masked model's by {diff:.3g} "
@@ -368,14 +364,6 @@ class SCAPruner(SpikingMetaPruner):
         restore_dtypes(model, dtypes)
         self.finalized = True
         return model
-
-    def _evaluate(self, inputs: Any) -> List[torch.Tensor]:
-        with preserve_training_mode(self.model), torch.no_grad():
-            self.model.eval()
-            functional.reset_net(self.model)
-            out = [t.detach().clone() for t in _outputs_as_list(_call(self.model, inputs, self.forward_fn))]
-            functional.reset_net(self.model)
-        return out
 
     def rebuild_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         """A new optimizer of the same class and hyper-parameters over the finalized model's parameters.

@@ -21,7 +21,9 @@ import torch_pruning as tp
 from torch_pruning import ops
 from spikingjelly.activation_based import functional
 
-from ..graph import _call, _removing_leaked_hooks, preserve_training_mode, repair_time_dimension, spiking_neuron_pruners
+from ..graph import (_removing_leaked_hooks, eval_outputs, preserve_training_mode, repair_time_dimension,
+                     spiking_neuron_pruners)
+from ..masking import feeds_only
 from ..neurons import is_spiking_neuron
 from ..rollback import ModuleSnapshot, float_dtypes, restore_dtypes, to_double
 
@@ -36,10 +38,6 @@ _CHANNEL_PRESERVING_OPS = {_T.ELEMENTWISE, _T.CONCAT, _T.SPLIT, _T.RESHAPE, _T.U
 # NNI ModelSpeedup arguments accepted for drop-in compatibility (only map_location is used)
 _IGNORED_NNI_ARGS = ("batch_dim", "batch_size", "customized_mask_updaters", "customized_replacers",
                      "graph_module", "garbage_collect_values", "logger")
-
-
-def _outputs_as_list(out) -> List[torch.Tensor]:
-    return [t for t in tp.utils.flatten_as_list(out) if isinstance(t, torch.Tensor)]
 
 
 def _channel_dim(module: nn.Module, x: torch.Tensor) -> int:
@@ -165,14 +163,6 @@ class ModelSpeedup:
         return checked
 
     # ------------------------------------------------------------------ helpers
-    def _evaluate(self, inputs: Any) -> List[torch.Tensor]:
-        with preserve_training_mode(self.model), torch.no_grad():
-            self.model.eval()
-            functional.reset_net(self.model)
-            out = [t.detach().clone() for t in _outputs_as_list(_call(self.model, inputs, self.forward_fn))]
-            functional.reset_net(self.model)
-        return out
-
     def _build_graph(self):
         model, x = self.model, self.dummy_input
         neuron_pruners = spiking_neuron_pruners(model, x, self.forward_fn)
@@ -197,24 +187,6 @@ class ModelSpeedup:
         if w.dim() == 1:
             return ~w
         return ~w.flatten(1).any(dim=1)
-
-    def _feeds_only(self, DG, module: nn.Module, allowed: set, names: Dict[nn.Module, str]) -> bool:
-        stack, seen = list(DG.module2node[module].outputs), set()
-        if not stack:
-            return False
-        while stack:
-            node = stack.pop()
-            if node in seen:
-                continue
-            seen.add(node)
-            if node.module in names:
-                if node.module not in allowed:
-                    return False
-            elif len(node.inputs) > 1 or not node.outputs or isinstance(node.module, ops._OutputOp):
-                return False
-            else:
-                stack.extend(node.outputs)
-        return True
 
     # ------------------------------------------------------------------ main
     def speedup_model(self) -> nn.Module:
@@ -252,7 +224,7 @@ class ModelSpeedup:
             hooks = [m.register_forward_pre_hook(record) for m in model.modules()
                      if isinstance(m, (ops.TORCH_CONV, ops.TORCH_LINEAR))]
             try:
-                reference = self._evaluate(inputs)
+                reference = eval_outputs(self.model, inputs, self.forward_fn)
             finally:
                 for h in hooks:
                     h.remove()
@@ -264,7 +236,7 @@ class ModelSpeedup:
             functional.reset_net(model)
 
             if verify:
-                after = self._evaluate(inputs)
+                after = eval_outputs(self.model, inputs, self.forward_fn)
                 if len(after) != len(reference) or any(a.shape != b.shape for a, b in zip(reference, after)):
                     raise RuntimeError("the pruned model's outputs have other shapes than the masked model's; "
                                        "the model was restored")
@@ -352,7 +324,7 @@ class ModelSpeedup:
                 if (is_out and not is_in) or depthwise:  # computes the channel from other channels
                     w = module.weight.detach().flatten(1) != 0
                     direct_bns = (self._direct_bns(DG, module, bns, names)
-                                  if self._feeds_only(DG, module, bns, names) else [])
+                                  if feeds_only(DG, module, bns, names) else [])
                     for l, r in zip(local, rootidx):
                         free = not bool(w[l].any())
                         if not free and direct_bns:
