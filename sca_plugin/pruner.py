@@ -110,6 +110,9 @@ class SCAPruner(SpikingMetaPruner):
         self.verify_atol = verify_atol
 
         self.module_names: Dict[nn.Module, str] = {m: n for n, m in model.named_modules()}
+        # the conv modules regularize() touches every step (pruning replaces their tensors, not them)
+        ignored = set(self.ignored_layers)
+        self._l1_convs = [m for m in model.modules() if isinstance(m, ops.TORCH_CONV) and m not in ignored]
         self.groups = [
             (group[0].dep.target.module, group)
             for group in self.DG.get_all_groups(ignored_layers=self.ignored_layers,
@@ -222,9 +225,8 @@ class SCAPruner(SpikingMetaPruner):
         strength = self.l1 if reg is None else reg
         if strength == 0:
             return
-        ignored = set(self.ignored_layers)
-        for m in model.modules():
-            if isinstance(m, ops.TORCH_CONV) and m not in ignored and m.weight.grad is not None:
+        for m in self._l1_convs:
+            if m.weight.grad is not None:
                 m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=strength)
 
     def maybe_update_masks(self) -> bool:
