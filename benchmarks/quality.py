@@ -4,10 +4,12 @@
         [--out DIR] [--runs-dir runs/quality] [--resume]
 
 The YAML config lists one setting (dataset, model, width, time steps, epochs, optimizer, data
-limits) shared by every row, the seeds, the pruning ratios and the methods (``dense`` is trained
-once per seed, not per ratio), plus optional per-method overrides (``regrow_ratio``,
-``oneshot_epoch``, ...).  Every (method, ratio, seed) is one ``run_training`` call into
-``<runs-dir>/<method>-r<ratio>-s<seed>`` (``dense-s<seed>``); a run whose ``metrics.json`` exists
+limits) shared by every row, the seeds, the pruning ratios and the rows (``methods``: method names
+of ``sca-prune train --method``, or names of ``variants``; ``dense`` is trained once per seed, not
+per ratio), plus optional per-row overrides (``regrow_ratio``, ``oneshot_epoch``, ...).  A variant
+is a named row with its own method and settings, e.g. ``l1-oneshot: {method: l1, oneshot_epoch:
+2}``.  Every (row, ratio, seed) is one ``run_training`` call into
+``<runs-dir>/<row>-r<ratio>-s<seed>`` (``dense-s<seed>``); a run whose ``metrics.json`` exists
 is not retrained (an interrupted sweep continues where it stopped; with ``--resume`` a run that
 was cut off mid-training continues from its last checkpoint).  Writes into ``--out``:
 
@@ -21,8 +23,9 @@ was cut off mid-training continues from its last checkpoint).  Writes into ``--o
   folder).
 
 Config keys: ``dataset, model, width, time_steps, epochs, batch_size, lr, seeds, ratios, methods``
-and optionally ``train_limit, test_limit, overrides: {method: {TrainConfig field: value}}`` and
-``train: {TrainConfig field: value}`` (further settings shared by every run, e.g. ``optimizer``).
+and optionally ``train_limit, test_limit, overrides: {row: {TrainConfig field: value}}``,
+``variants: {row: {method: name, TrainConfig field: value}}`` and ``train: {TrainConfig field:
+value}`` (further settings shared by every run, e.g. ``optimizer``).
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ from sca_plugin.config import METHODS, ConfigError, TrainConfig  # noqa: E402
 
 SHARED_KEYS = ("dataset", "model", "width", "time_steps", "epochs", "batch_size", "lr", "train_limit", "test_limit")
 REQUIRED_KEYS = ("dataset", "model", "seeds", "methods")
-ALL_KEYS = set(SHARED_KEYS) | {"seeds", "ratios", "methods", "overrides", "train", "name"}
+ALL_KEYS = set(SHARED_KEYS) | {"seeds", "ratios", "methods", "overrides", "variants", "train", "name"}
 # settings the harness controls itself; a config may not set them
 HARNESS_FIELDS = {"method", "pruning_ratio", "seed", "output_dir", "resume", "progress", "dense_baseline"}
 # fields that may differ between a finished run's config and the requested one
@@ -68,10 +71,19 @@ def load_bench_config(path) -> Dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise ConfigError(f"{path}: missing key(s) {missing}")
-    bad = [m for m in data["methods"] if m not in METHODS]
+    variants = data.get("variants") or {}
+    for row, v in variants.items():
+        if row in METHODS:
+            raise ConfigError(f"{path}: variant {row!r} has the name of a method; give it another name")
+        if not isinstance(v, dict) or v.get("method") not in METHODS:
+            raise ConfigError(f"{path}: variant {row!r} needs 'method: <one of {', '.join(METHODS)}>'")
+        clash = sorted(set(v) & (HARNESS_FIELDS - {"method"}))
+        if clash:
+            raise ConfigError(f"{path}: variant {row!r} sets {clash}, which the harness sets itself")
+    bad = [m for m in data["methods"] if m not in METHODS and m not in variants]
     if bad:
-        raise ConfigError(f"{path}: unknown method(s) {bad}; use {', '.join(METHODS)}")
-    if any(m != "dense" for m in data["methods"]) and not data.get("ratios"):
+        raise ConfigError(f"{path}: unknown method(s) {bad}; use {', '.join(METHODS)} or a name from 'variants'")
+    if any(row_method(data, m) != "dense" for m in data["methods"]) and not data.get("ratios"):
         raise ConfigError(f"{path}: pruning methods need a non-empty 'ratios' list")
     for m, ov in (data.get("overrides") or {}).items():
         if m not in data["methods"]:
@@ -86,8 +98,13 @@ def load_bench_config(path) -> Dict[str, Any]:
     return data
 
 
-def run_name(method: str, ratio: float, seed: int) -> str:
-    return f"dense-s{seed}" if method == "dense" else f"{method}-r{ratio:g}-s{seed}"
+def row_method(cfg: Dict[str, Any], row: str) -> str:
+    """The ``sca-prune train`` method of a row (a method name or a variant)."""
+    return ((cfg.get("variants") or {}).get(row) or {}).get("method", row)
+
+
+def run_name(row: str, ratio: float, seed: int) -> str:
+    return f"{row}-s{seed}" if ratio == 0.0 and row == "dense" else f"{row}-r{ratio:g}-s{seed}"
 
 
 def plan_runs(cfg: Dict[str, Any], runs_dir: Path) -> List[Dict[str, Any]]:
@@ -95,15 +112,17 @@ def plan_runs(cfg: Dict[str, Any], runs_dir: Path) -> List[Dict[str, Any]]:
     shared = {k: cfg[k] for k in SHARED_KEYS if cfg.get(k) is not None}
     shared.update(cfg.get("train") or {})
     plan = []
-    for method in cfg["methods"]:
+    for row in cfg["methods"]:
+        method = row_method(cfg, row)
         ratios = [0.0] if method == "dense" else [float(r) for r in cfg["ratios"]]
         for ratio in ratios:
             for seed in cfg["seeds"]:
-                name = run_name(method, ratio, seed)
-                values = dict(shared, **((cfg.get("overrides") or {}).get(method) or {}))
+                name = run_name(row, ratio, seed)
+                values = dict(shared, **((cfg.get("variants") or {}).get(row) or {}))
+                values.update((cfg.get("overrides") or {}).get(row) or {})
                 values.update(method=method, pruning_ratio=ratio, seed=int(seed), progress=False,
                               dense_baseline=False, output_dir=str(runs_dir / name))
-                plan.append({"name": name, "method": method, "ratio": ratio, "seed": int(seed),
+                plan.append({"name": name, "row": row, "method": method, "ratio": ratio, "seed": int(seed),
                              "config": TrainConfig.from_dict(values)})
     return plan
 
@@ -126,6 +145,10 @@ def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print) ->
         metrics = out / "metrics.json"
         if metrics.is_file():
             saved = json.loads(metrics.read_text()).get("config", {})
+            try:  # settings added since that run was made count with their defaults
+                saved = TrainConfig.from_dict({k: v for k, v in saved.items() if k not in RUN_FREE_FIELDS}).to_dict()
+            except ConfigError:
+                pass
             want = item["config"].to_dict()
             diff = sorted(k for k in _comparable(want) if saved.get(k) != want[k])
             if diff:
@@ -168,14 +191,23 @@ def _mean_std(values) -> Dict[str, Optional[float]]:
     return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
 
 
-def summarize_runs(metrics: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
-    from sca_plugin.plots import group_runs
-
+def _labelled_runs(metrics: Dict[str, Dict[str, Any]], rows: Optional[Dict[str, str]]) -> List[Dict[str, Any]]:
+    """Run metrics with ``method`` set to the row label (variants are rows of their own)."""
     runs = []
     for name, m in metrics.items():
         r = dict(m)
         r["path"] = name
+        if rows and name in rows:
+            r["method"] = rows[name]
         runs.append(r)
+    return runs
+
+
+def summarize_runs(metrics: Dict[str, Dict[str, Any]], rows: Optional[Dict[str, str]] = None) -> List[Dict[str, Any]]:
+    """One group per (row, ratio); ``rows`` maps run names to row labels (default: the method)."""
+    from sca_plugin.plots import group_runs
+
+    runs = _labelled_runs(metrics, rows)
     groups = []
     for g in group_runs(runs):
         rs = g["runs"]
@@ -201,7 +233,8 @@ def summarize_runs(metrics: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
             "channels_after_mean": {n: v["mean"] for n, v in channels.items()},
             "channels_after_std": {n: v["std"] for n, v in channels.items()},
             "regrow_ratio": rs[0].get("regrow_ratio"),
-            "oneshot_epoch": (rs[0].get("config") or {}).get("oneshot_epoch"),
+            "oneshot_epoch": _effective(rs[0], "effective_oneshot_epoch"),
+            "schedule": _schedule(rs[0]),
             "wall_time_s_mean": _mean_std(r.get("wall_time_s") for r in rs)["mean"],
         })
     return groups
@@ -220,15 +253,36 @@ def _rel(v: Optional[float], ref: Optional[float]) -> str:
     return s
 
 
-def _schedule(cfg: Dict[str, Any], method: str, epochs: int) -> str:
-    if method == "dense":
+def _effective(run: Dict[str, Any], prop: str):
+    """A derived TrainConfig setting of a finished run (from its saved config)."""
+    try:
+        return getattr(TrainConfig.from_dict(run.get("config") or {}), prop)
+    except ConfigError:
+        return None
+
+
+def _schedule(run: Dict[str, Any]) -> str:
+    try:
+        c = TrainConfig.from_dict(run.get("config") or {})
+    except ConfigError:
+        return "?"
+    if c.method == "dense":
         return "no pruning"
-    ov = (cfg.get("overrides") or {}).get(method) or {}
-    if ov.get("oneshot_epoch") is not None:
-        return f"one-shot after epoch {ov['oneshot_epoch']}, then fine-tuning"
-    fixed = ov.get("fixed_mask_epochs", (cfg.get("train") or {}).get("fixed_mask_epochs"))
-    fixed = epochs // 6 if fixed is None else fixed
-    return f"dynamic: masks updated each epoch for {epochs - fixed} of {epochs} epochs"
+    rank = "global ranking" if c.effective_global_pruning else "per-layer ranking"
+    extra = []
+    if c.effective_regrow_ratio and c.method != "sca-prune-only":
+        extra.append(f"regrow_ratio {c.effective_regrow_ratio:g}")
+    if c.effective_bn_l1:
+        extra.append(f"BN-scale L1 {c.effective_bn_l1:g}")
+    if c.method in ("nni-slim", "nni-taylor"):
+        extra.append(f"+{c.nni_training_steps} NNI scoring steps")
+    if c.method == "random-init":
+        what = "random mask fixed before training"
+    elif c.effective_oneshot_epoch is not None:
+        what = f"one-shot after epoch {c.effective_oneshot_epoch}, then fine-tuning"
+    else:
+        what = f"dynamic: masks updated each epoch for {c.epochs - c.effective_fixed_mask_epochs} of {c.epochs} epochs"
+    return "; ".join([what, rank] + extra)
 
 
 def table_markdown(groups: List[Dict[str, Any]], cfg: Dict[str, Any], info: Dict[str, Any],
@@ -248,20 +302,23 @@ def table_markdown(groups: List[Dict[str, Any]], cfg: Dict[str, Any], info: Dict
         "",
         f"Setting (the same for every row): dataset `{cfg['dataset']}`, model `{cfg['model']}`, width "
         f"{cfg.get('width', 1.0)}, T = {cfg.get('time_steps', 4)}, {epochs} epochs, batch {cfg.get('batch_size', 64)}, "
-        f"lr {cfg.get('lr', 0.1)} ({(cfg.get('train') or {}).get('optimizer', 'sgd')} + cosine), "
+        f"lr {cfg.get('lr', 0.1)} ({(cfg.get('train') or {}).get('optimizer', 'sgd')} + {(cfg.get('train') or {}).get('lr_schedule', 'cosine')} LR), "
         f"train_limit {cfg.get('train_limit') or 'all'}, test_limit {cfg.get('test_limit') or 'all'}, seeds {cfg['seeds']}; "
         f"no dense baseline inside the pruned runs (the `dense` row is its own run per seed).",
         "",
-        "Schedules: the built-in Torch-Pruning criteria (l1, l2, bnscale, taylor, lamp, random) use the same "
-        "dynamic mask schedule as SCA unless `oneshot_epoch` is set for them; regrowth only where "
-        "`regrow_ratio` > 0 (default 0.1 for `sca`, 0 otherwise).",
+        "Rows: `sca` = SCA prune-and-regrow, `sca-prune-only` = SCA without regrowth, `random-init` = random "
+        "mask fixed at initialisation (the paper's ablation); `l1, l2, bnscale, taylor, lamp, random` = Torch-Pruning's "
+        "built-in importance criteria in the same pruner; `nni-*` = NNI 3.0's built-in pruners, one-shot, removed "
+        "through `sca_plugin.nni.ModelSpeedup`, then fine-tuned. Total training epochs are the same for every row "
+        "(NNI's Slim/Taylor additionally run their own scoring steps, listed). Schedule of each row:",
         "",
     ]
     for m in dict.fromkeys(g["method"] for g in groups):
         g0 = next(g for g in groups if g["method"] == m)
-        extra = f", regrow_ratio {g0['regrow_ratio']:g}" if m != "dense" and g0["regrow_ratio"] is not None else ""
+        variant = (cfg.get("variants") or {}).get(m)
         ov = (cfg.get("overrides") or {}).get(m)
-        lines.append(f"- `{m}`: {_schedule(cfg, m, epochs)}{extra}" + (f"; overrides {ov}" if ov else ""))
+        lines.append(f"- `{m}`: {g0['schedule']}" + (f"; variant {variant}" if variant else "")
+                     + (f"; overrides {ov}" if ov else ""))
     lines += [
         "",
         "Accuracy: final test accuracy of the finalized (physically pruned) model, mean ± sample std over seeds; "
@@ -341,7 +398,8 @@ def plot_pareto(groups: List[Dict[str, Any]], cost: str, path: Path, *, title: s
     return path
 
 
-def make_figures(groups, metrics: Dict[str, Dict[str, Any]], out: Path, cfg: Dict[str, Any]) -> List[Path]:
+def make_figures(groups, metrics: Dict[str, Dict[str, Any]], out: Path, cfg: Dict[str, Any],
+                 rows: Optional[Dict[str, str]] = None) -> List[Path]:
     from sca_plugin.plots import plot_accuracy_vs_ratio
 
     n_seeds = len(cfg["seeds"])
@@ -354,11 +412,7 @@ def make_figures(groups, metrics: Dict[str, Dict[str, Any]], out: Path, cfg: Dic
             paths.append(plot_pareto(groups, cost, out / fname, title=f"Accuracy vs {what}: {setup}"))
         except ValueError as e:
             print(f"quality: skipped {fname}: {e}", file=sys.stderr)
-    runs = []
-    for name, m in metrics.items():
-        r = dict(m)
-        r["path"] = name
-        runs.append(r)
+    runs = _labelled_runs(metrics, rows)
     try:
         paths.append(plot_accuracy_vs_ratio(runs, out / "fig_accuracy_vs_ratio.png",
                                             title=f"Accuracy and cost vs pruning ratio: {setup}"))
@@ -397,7 +451,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     info["device"] = ", ".join(sorted({str(it["config"].device) for it in plan}))
     if argv is not None:  # called from Python (tests): record the equivalent command line
         info["command"] = "python benchmarks/quality.py " + " ".join(argv)
-    groups = summarize_runs(sweep["metrics"])
+    rows = {item["name"]: item["row"] for item in plan}
+    groups = summarize_runs(sweep["metrics"], rows)
     out.mkdir(parents=True, exist_ok=True)
     runs_out = out / "runs"
     runs_out.mkdir(exist_ok=True)
@@ -419,7 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2) + "\n")
     (out / "table.md").write_text(table_markdown(groups, cfg, info, sweep))
-    figs = make_figures(groups, sweep["metrics"], out, cfg)
+    figs = make_figures(groups, sweep["metrics"], out, cfg, rows)
     print(table_markdown(groups, cfg, info, sweep))
     for p in [out / "summary.json", out / "table.md", *figs]:
         print(p)

@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-__all__ = ["METHODS", "TrainConfig", "ConfigError", "load_config_file"]
+__all__ = ["METHODS", "NNI_METHODS", "TrainConfig", "ConfigError", "load_config_file"]
 
 #: pruning methods: SCA variants, the paper's ablation, and Torch-Pruning's built-in criteria
-METHODS = ("dense", "sca", "sca-prune-only", "random-init", "l1", "l2", "bnscale", "taylor", "lamp", "random")
+METHODS = ("dense", "sca", "sca-prune-only", "random-init", "l1", "l2", "bnscale", "taylor", "lamp", "random",
+           "nni-l1norm", "nni-fpgm", "nni-slim", "nni-taylor")
+#: NNI 3.0 built-in pruners: one-shot, then fine-tuning; removed through sca_plugin.nni.ModelSpeedup
+NNI_METHODS = tuple(m for m in METHODS if m.startswith("nni-"))
 
 
 class ConfigError(ValueError):
@@ -31,19 +34,24 @@ class TrainConfig:
     method: str = field(default="sca", metadata={"help": ", ".join(METHODS)})
     pruning_ratio: float = field(default=0.5, metadata={"help": "fraction of prunable channels removed"})
     regrow_ratio: Optional[float] = field(default=None, metadata={"help": "fraction regrown per update (default 0.1 for sca, else 0)"})
-    global_pruning: bool = field(default=True, metadata={"help": "rank all layers together (else per layer)"})
+    global_pruning: Optional[bool] = field(default=None, metadata={"help": "rank all layers together (else per layer); default yes, except nni-* methods: NNI's per-layer sparse_ratio (its global ratio counts weights, not channels)"})
     mode: str = field(default="incremental", metadata={"help": "incremental or rebuild (reference code)"})
     schedule: str = field(default="constant", metadata={"help": "constant, linear or cubic sparsity schedule"})
     ramp_updates: int = field(default=1, metadata={"help": "mask updates over which linear/cubic ramp to the target"})
     update_interval: Optional[int] = field(default=None, metadata={"help": "update masks every N steps (default: once per epoch)"})
-    oneshot_epoch: Optional[int] = field(default=None, metadata={"help": "prune once after this epoch, then fine-tune (no further updates)"})
+    oneshot_epoch: Optional[int] = field(default=None, metadata={"help": "prune once after this epoch, then fine-tune (no further updates); nni-* methods default to max(1, epochs // 4)"})
+    nni_training_steps: int = field(default=50, metadata={"help": "nni-slim / nni-taylor: training steps NNI runs at the one-shot epoch to score channels (extra to --epochs)"})
     fixed_mask_epochs: Optional[int] = field(default=None, metadata={"help": "final epochs trained without mask updates (default epochs // 6)"})
     dense_baseline: bool = field(default=True, metadata={"help": "also train the dense model with the same budget and report its accuracy"})
     l1: float = field(default=3e-5, metadata={"help": "L1 strength on conv weights"})
+    bn_l1: Optional[float] = field(default=None, metadata={"help": "L1 strength on the BatchNorm scales of prunable channels (network slimming's sparse training; default 1e-4 for bnscale, else 0; nni-slim trains its own scaling factors)"})
     epochs: int = field(default=30, metadata={"help": "training epochs"})
     batch_size: int = field(default=64, metadata={"help": "mini-batch size"})
     optimizer: str = field(default="sgd", metadata={"help": "sgd or adam"})
-    lr: float = field(default=0.1, metadata={"help": "learning rate (cosine schedule)"})
+    lr: float = field(default=0.1, metadata={"help": "learning rate"})
+    lr_schedule: str = field(default="cosine", metadata={"help": "cosine (annealed over the epochs) or step (times lr_gamma every lr_step_size epochs: the SCA reference code's StepLR(100, 0.1))"})
+    lr_step_size: int = field(default=100, metadata={"help": "epochs between LR drops with --lr-schedule step"})
+    lr_gamma: float = field(default=0.1, metadata={"help": "LR factor per drop with --lr-schedule step"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
     weight_decay: float = field(default=0.0, metadata={"help": "weight decay"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -63,9 +71,13 @@ class TrainConfig:
             raise bad(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.step_mode not in ("m", "s"):
             raise bad(f"step_mode must be 'm' or 's', got {self.step_mode!r}")
+        if self.lr_schedule not in ("cosine", "step"):
+            raise bad(f"lr_schedule must be 'cosine' or 'step', got {self.lr_schedule!r}")
+        if not 0.0 < self.lr_gamma <= 1.0:
+            raise bad(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         if self.optimizer not in ("sgd", "adam"):
             raise bad(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        for name in ("epochs", "batch_size", "time_steps", "ramp_updates"):
+        for name in ("epochs", "batch_size", "time_steps", "ramp_updates", "nni_training_steps", "lr_step_size"):
             if getattr(self, name) < 1:
                 raise bad(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.pruning_ratio < 1.0:
@@ -75,12 +87,41 @@ class TrainConfig:
         if self.fixed_mask_epochs is not None and not 0 <= self.fixed_mask_epochs < self.epochs:
             raise bad(f"fixed_mask_epochs ({self.fixed_mask_epochs}) must be in [0, epochs={self.epochs}): "
                       "at least one epoch must update the masks")
+        for name in ("l1", "bn_l1"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise bad(f"{name} must be >= 0, got {value}")
+        if self.method in NNI_METHODS:
+            if self.regrow_ratio:
+                raise bad(f"{self.method} prunes once and never regrows: drop --regrow-ratio")
+            if self.update_interval is not None:
+                raise bad(f"{self.method} prunes once (after --oneshot-epoch): drop --update-interval")
+            if not 0.0 < self.pruning_ratio:
+                raise bad(f"{self.method} needs a pruning_ratio in (0, 1), got {self.pruning_ratio}")
         if self.oneshot_epoch is not None and not 1 <= self.oneshot_epoch <= self.epochs:
             raise bad(f"oneshot_epoch must be in [1, epochs={self.epochs}], got {self.oneshot_epoch}")
 
     @property
     def effective_fixed_mask_epochs(self) -> int:
         return self.epochs // 6 if self.fixed_mask_epochs is None else self.fixed_mask_epochs
+
+    @property
+    def effective_global_pruning(self) -> bool:
+        if self.global_pruning is not None:
+            return self.global_pruning
+        return self.method not in NNI_METHODS
+
+    @property
+    def effective_oneshot_epoch(self) -> Optional[int]:
+        if self.oneshot_epoch is None and self.method in NNI_METHODS:
+            return max(1, self.epochs // 4)
+        return self.oneshot_epoch
+
+    @property
+    def effective_bn_l1(self) -> float:
+        if self.bn_l1 is not None:
+            return self.bn_l1
+        return 1e-4 if self.method == "bnscale" else 0.0
 
     @property
     def effective_regrow_ratio(self) -> float:

@@ -22,6 +22,7 @@ from .masking import ChannelMasker, mask_targets
 from .regrowth import GradientMagnitudes
 from .rollback import ModuleSnapshot, float_dtypes, restore_dtypes, to_double
 from .neurons import is_spiking_neuron
+from .optim import rebuild_optimizer
 from .schedule import SCHEDULES, sparsity_at
 from .selection import MODES, Selection, select_channels
 
@@ -53,6 +54,9 @@ class SCAPruner(SpikingMetaPruner):
         global_pruning: rank all channels of the network together (paper) or per group.
         ignored_layers: modules whose output channels are never pruned (e.g. the classifier).
         l1: strength of the L1 penalty that :meth:`regularize` adds to conv-weight gradients.
+        bn_l1: strength of the L1 penalty that :meth:`regularize` adds to the BatchNorm-scale
+            gradients of the prunable channels: network slimming's sparse-training regulariser
+            (Liu et al., ICCV 2017: 1e-4), the companion of ``tp.importance.BNScaleImportance``.
         mode: ``"incremental"`` (default) or ``"rebuild"`` (reference code); see
             :mod:`sca_plugin.selection`.
         schedule: ``"constant"`` (paper: full target from the first update), ``"linear"`` or
@@ -86,6 +90,7 @@ class SCAPruner(SpikingMetaPruner):
         round_to: Optional[int] = None,
         root_module_types: Sequence[type] = (ops.TORCH_CONV,),
         verify_atol: Optional[float] = 1e-5,
+        bn_l1: float = 0.0,
         **kwargs: Any,
     ) -> None:
         importance = SCAImportance() if importance is None else importance
@@ -93,7 +98,7 @@ class SCAPruner(SpikingMetaPruner):
         if unsupported:
             raise TypeError(f"SCAPruner does not support {unsupported}: it has its own schedule and ranking; "
                             f"extra arguments may be {sorted(_PASSED_TO_TORCH_PRUNING)}")
-        self._validate_arguments(model, importance, pruning_ratio, regrow_ratio, ignored_layers, l1,
+        self._validate_arguments(model, importance, pruning_ratio, regrow_ratio, ignored_layers, l1, bn_l1,
                                  mode, schedule, ramp_updates, update_interval, min_channels, round_to)
         super().__init__(model, example_inputs, importance, global_pruning=global_pruning,
                          pruning_ratio=pruning_ratio, ignored_layers=list(ignored_layers or []),
@@ -102,6 +107,7 @@ class SCAPruner(SpikingMetaPruner):
         self.forward_fn = kwargs.get("forward_fn")
         self.regrow_ratio = regrow_ratio
         self.l1 = l1
+        self.bn_l1 = bn_l1
         self.mode = mode
         self.schedule = schedule
         self.ramp_updates = ramp_updates
@@ -119,6 +125,8 @@ class SCAPruner(SpikingMetaPruner):
                                                 root_module_types=self.root_module_types)
         ]
         self._check_groups()
+        self._l1_bns = sorted({m for _, group in self.groups for m in group_members(group, _is_bn)
+                               if m.weight is not None and m not in ignored}, key=lambda m: self.module_names[m])
         self.masks: List[Optional[torch.Tensor]] = [None] * len(self.groups)
         self.num_updates = 0
         self.num_steps = 0
@@ -132,7 +140,7 @@ class SCAPruner(SpikingMetaPruner):
 
     # ------------------------------------------------------------------ validation
     @staticmethod
-    def _validate_arguments(model, importance, pruning_ratio, regrow_ratio, ignored_layers, l1,
+    def _validate_arguments(model, importance, pruning_ratio, regrow_ratio, ignored_layers, l1, bn_l1,
                             mode, schedule, ramp_updates, update_interval, min_channels, round_to) -> None:
         if not isinstance(importance, tp.importance.Importance):
             raise TypeError(f"importance must be a torch_pruning.importance.Importance, got {type(importance).__name__}")
@@ -143,8 +151,9 @@ class SCAPruner(SpikingMetaPruner):
             raise ValueError(
                 f"regrow_ratio ({regrow_ratio}) is larger than pruning_ratio ({pruning_ratio}): only masked "
                 f"channels can be regrown, so use regrow_ratio <= pruning_ratio")
-        if not isinstance(l1, (int, float)) or l1 < 0:
-            raise ValueError(f"l1 must be a non-negative number, got {l1!r}")
+        for name, value in (("l1", l1), ("bn_l1", bn_l1)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if schedule not in SCHEDULES:
@@ -218,16 +227,18 @@ class SCAPruner(SpikingMetaPruner):
 
     # ------------------------------------------------------------------ training-loop API
     def regularize(self, model: nn.Module, reg: Optional[float] = None) -> None:
-        """Add ``l1 * sign(W)`` to the gradient of every conv weight (reference code); call after
-        ``loss.backward()`` and before ``optimizer.step()``."""
+        """Add ``l1 * sign(W)`` to the gradient of every conv weight (reference code; ``reg``
+        overrides ``l1`` for this call) and ``bn_l1 * sign(gamma)`` to the BatchNorm scales of the
+        prunable channels (network slimming); call after ``loss.backward()`` and before
+        ``optimizer.step()``."""
         if model is not self.model:
             raise ValueError("regularize() got a different model than the one this pruner was built for")
-        strength = self.l1 if reg is None else reg
-        if strength == 0:
-            return
-        for m in self._l1_convs:
-            if m.weight.grad is not None:
-                m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=strength)
+        for modules, strength in ((self._l1_convs, self.l1 if reg is None else reg), (self._l1_bns, self.bn_l1)):
+            if strength == 0:
+                continue
+            for m in modules:
+                if m.weight.grad is not None:
+                    m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=strength)
 
     def maybe_update_masks(self) -> bool:
         """Count one training step; every ``update_interval`` steps run :meth:`update_masks`.
@@ -375,17 +386,7 @@ class SCAPruner(SpikingMetaPruner):
         """
         if not self.finalized:
             raise RuntimeError("rebuild_optimizer() is for after finalize(); before it the parameters are unchanged")
-        new_params = dict(self.model.named_parameters())
-        groups = []
-        for group in optimizer.param_groups:
-            settings = {k: v for k, v in group.items() if k != "params"}
-            names = [self._param_names.get(id(p)) for p in group["params"]]
-            unknown = [i for i, n in enumerate(names) if n is None or n not in new_params]
-            if unknown:
-                raise ValueError("the optimizer holds parameters that are not in the pruned model; "
-                                 "build it from model.parameters() of the same model")
-            groups.append({**settings, "params": [new_params[n] for n in names]})
-        return type(optimizer)(groups, **optimizer.defaults)
+        return rebuild_optimizer(optimizer, self.model, self._param_names)
 
     # ------------------------------------------------------------------ state
     def _config(self) -> dict:
@@ -394,7 +395,7 @@ class SCAPruner(SpikingMetaPruner):
                 "global_pruning": self.global_pruning, "mode": self.mode, "schedule": self.schedule,
                 "ramp_updates": self.ramp_updates, "min_channels": self.min_channels,
                 "round_to": self.round_to, "definition": definition, "l1": self.l1,
-                "update_interval": self.update_interval}
+                "bn_l1": self.bn_l1, "update_interval": self.update_interval}
 
     def state_dict(self) -> dict:
         """Masks, statistics accumulators, counters and history: enough to resume training with

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from spikingjelly.activation_based import functional
 
-from .config import ConfigError, TrainConfig
+from .config import NNI_METHODS, ConfigError, TrainConfig
 from .files import atomic_save, atomic_write_text
+from .graph import replay_pruning
 from .importance import SCAImportance
 from .pruner import SCAPruner
 from .reporting import model_stats, pruning_report
@@ -90,22 +91,99 @@ _TP_IMPORTANCE = {
 
 
 def build_pruner(cfg: TrainConfig, model: nn.Module, example: Any) -> Optional[SCAPruner]:
-    if cfg.method == "dense":
+    if cfg.method == "dense" or cfg.method in NNI_METHODS:
         return None
     importance = SCAImportance() if cfg.method in ("sca", "sca-prune-only") else _TP_IMPORTANCE[cfg.method]()
     regrow = 0.0 if cfg.method == "sca-prune-only" else cfg.effective_regrow_ratio
     return SCAPruner(model, example, importance=importance, pruning_ratio=cfg.pruning_ratio, regrow_ratio=regrow,
-                     global_pruning=cfg.global_pruning, ignored_layers=[_classifier(model)], l1=cfg.l1,
+                     global_pruning=cfg.effective_global_pruning, ignored_layers=[_classifier(model)], l1=cfg.l1,
+                     bn_l1=cfg.effective_bn_l1,
                      mode=cfg.mode, schedule=cfg.schedule, ramp_updates=cfg.ramp_updates,
                      update_interval=cfg.update_interval)
+
+
+class _NNIOneShot:
+    """``--method nni-*``: NNI's built-in pruner once after the one-shot epoch, the channels removed
+    by sca_plugin's speed-up, the optimizer and LR schedule carried over to the pruned model."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, example: Any, train_loader, kind: str, device) -> None:
+        self.cfg, self.model, self.example = cfg, model, example
+        self.train_loader, self.kind, self.device = train_loader, kind, device
+        self.record: Optional[dict] = None  # what was done; in checkpoints and metrics
+
+    def __call__(self, epoch: int, optimizer, scheduler):
+        from .nni import NNIBuiltinPruning
+
+        cfg, model = self.cfg, self.model
+        name = cfg.method[len("nni-"):]
+        pruning = NNIBuiltinPruning(model, self.example, name, cfg.pruning_ratio,
+                                    ignored_layers=[_classifier(model)], global_ranking=cfg.effective_global_pruning)
+        evaluator = self._evaluator(optimizer) if name in ("slim", "taylor") else None
+        names_before = {id(p): n for n, p in model.named_parameters()}
+        from .nni.speedup import ModelSpeedup
+
+        masks = pruning.compute_masks(evaluator, cfg.nni_training_steps)
+        speedup = ModelSpeedup(model, self.example, masks)
+        speedup.speedup_model()
+        functional.reset_net(model)
+        self.record = {"epoch": epoch, "pruner": name, "config_list": pruning.config_list,
+                       "training_steps": cfg.nni_training_steps if evaluator is not None else 0,
+                       "removed_channels": {k: list(v) for k, v in speedup.removed_channels.items()},
+                       "sparsity": sum(len(v) for v in speedup.removed_channels.values())
+                       / sum(g.size for g in pruning.groups),
+                       "kept_candidates": speedup.kept_candidates}
+        new_optimizer = _rebuild_optimizer(optimizer, model, names_before)
+        new_scheduler = _scheduler(cfg, new_optimizer)
+        new_scheduler.load_state_dict(scheduler.state_dict())
+        return new_optimizer, new_scheduler
+
+    def _evaluator(self, optimizer):
+        import nni
+        from nni.compression import TorchEvaluator
+
+        loader, kind, device = self.train_loader, self.kind, self.device
+
+        def training_step(batch, model):
+            return F.cross_entropy(model(batch[0]), batch[1])
+
+        def training_func(model, optimizers, training_step, lr_schedulers=None, max_steps=None, max_epochs=None):
+            model.train()
+            steps = 0
+            while steps < max_steps:
+                for x, y in loader:
+                    loss = training_step((_time_major(x.to(device), kind), y.to(device)), model)
+                    optimizers.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizers.step()
+                    functional.reset_net(model)
+                    steps += 1
+                    if steps >= max_steps:
+                        break
+
+        traced = nni.trace(type(optimizer))(self.model.parameters(), **optimizer.defaults)
+        for group in traced.param_groups:
+            group["lr"] = optimizer.param_groups[0]["lr"]
+        return TorchEvaluator(training_func, traced, training_step)
+
+    def history(self) -> list:
+        """Torch-Pruning pruning history (``replay_pruning``) of the removal."""
+        if self.record is None:
+            return []
+        return [[root, True, idxs] for root, idxs in self.record["removed_channels"].items()]
+
+
+def _rebuild_optimizer(optimizer, model, names_before):
+    from .optim import rebuild_optimizer
+
+    return rebuild_optimizer(optimizer, model, names_before)
 
 
 def _updates_in_epoch(cfg: TrainConfig, epoch: int) -> bool:
     """Whether masks change during/after 0-based ``epoch``."""
     if cfg.method in ("dense", "random-init"):
         return False
-    if cfg.oneshot_epoch is not None:
-        return epoch + 1 == cfg.oneshot_epoch
+    if cfg.effective_oneshot_epoch is not None:
+        return epoch + 1 == cfg.effective_oneshot_epoch
     return epoch < cfg.epochs - cfg.effective_fixed_mask_epochs
 
 
@@ -201,6 +279,10 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print,
     model = build_model(cfg, splits.num_classes, splits.in_channels, splits.input_size).to(device)
     generator.manual_seed(cfg.seed)
     pruner = build_pruner(cfg, model, example)
+    oneshot = _NNIOneShot(cfg, model, example, train_loader, splits.kind, device) if cfg.method in NNI_METHODS else None
+    if checkpoint is not None and (checkpoint.get("nni") or {}).get("removed_channels") is not None:
+        oneshot.record = checkpoint["nni"]
+        replay_pruning(model, example, oneshot.history())  # the structure the checkpoint was saved with
     optimizer, scheduler = _optimizer(cfg, model)
     epochs_log: List[dict] = []
     first_epoch = 0
@@ -221,20 +303,21 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print,
     log(f"{splits.description}; model {cfg.model} ({before['parameters']:,} parameters); method {cfg.method}; "
         f"output {out}")
 
-    def save_checkpoint(epoch: int) -> None:
+    def save_checkpoint(epoch: int, optimizer, scheduler) -> None:
         atomic_save({"config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "pruner": pruner.state_dict() if pruner is not None else None,
+                     "nni": oneshot.record if oneshot is not None else None,
                      "rng": _rng_state(generator), "epochs_log": epochs_log}, out / CHECKPOINT)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
 
     _train_loop(cfg, model, pruner, optimizer, scheduler, train_loader, test_loader, splits.kind, device,
-                first_epoch, epochs_log, log, writer, save_checkpoint)
+                first_epoch, epochs_log, log, writer, save_checkpoint, oneshot=oneshot)
     if writer is not None:
         writer.close()
     return _finish(cfg, out, model, pruner, splits, example, test_loader, device, before, baseline, epochs_log,
-                   start, log)
+                   start, log, oneshot)
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module):
@@ -242,20 +325,30 @@ def _optimizer(cfg: TrainConfig, model: nn.Module):
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs)
+    return optimizer, _scheduler(cfg, optimizer)
+
+
+def _scheduler(cfg: TrainConfig, optimizer):
+    if cfg.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step_size, cfg.lr_gamma)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs)
 
 
 def _train_loop(cfg, model, pruner, optimizer, scheduler, train_loader, test_loader, kind, device, first_epoch,
-                epochs_log, log, writer=None, after_epoch=None, tag="") -> None:
+                epochs_log, log, writer=None, after_epoch=None, tag="", oneshot=None) -> None:
     for epoch in range(first_epoch, cfg.epochs):
         updating = pruner is not None and _updates_in_epoch(cfg, epoch)
         loss = _train_epoch(model, train_loader, kind, optimizer, pruner, device, cfg, updating, epoch)
         scheduler.step()
         if updating and cfg.update_interval is None:
             pruner.update_masks()
+        if oneshot is not None and _updates_in_epoch(cfg, epoch):
+            optimizer, scheduler = oneshot(epoch + 1, optimizer, scheduler)
+            log(f"{tag}{cfg.method}: pruned once after epoch {epoch + 1} and removed the channels "
+                f"({sum(len(v) for v in oneshot.record['removed_channels'].values())} removed)")
         acc = _evaluate(model, test_loader, kind, device)
         entry = {"epoch": epoch + 1, "loss": loss, "test_accuracy": acc,
-                 "sparsity": pruner.sparsity() if pruner is not None and pruner.masks[0] is not None else 0.0,
+                 "sparsity": _sparsity(pruner, oneshot),
                  "lr": optimizer.param_groups[0]["lr"]}
         epochs_log.append(entry)
         log(f"{tag}epoch {epoch + 1:3d}/{cfg.epochs}  loss {loss:.4f}  test acc {100 * acc:6.2f}%  "
@@ -264,7 +357,15 @@ def _train_loop(cfg, model, pruner, optimizer, scheduler, train_loader, test_loa
             for k in ("loss", "test_accuracy", "sparsity"):
                 writer.add_scalar(k, entry[k], epoch + 1)
         if after_epoch is not None:
-            after_epoch(epoch + 1)
+            after_epoch(epoch + 1, optimizer, scheduler)
+
+
+def _sparsity(pruner, oneshot) -> float:
+    if pruner is not None and pruner.masks[0] is not None:
+        return pruner.sparsity()
+    if oneshot is not None and oneshot.record is not None:
+        return oneshot.record["sparsity"]
+    return 0.0
 
 
 def _dense_baseline(cfg, out, splits, train_loader, test_loader, example, device, log) -> dict:
@@ -325,7 +426,9 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tb"))
 
 
-def _finish(cfg, out, model, pruner, splits, example, test_loader, device, before, baseline, epochs_log, start, log):
+def _finish(cfg, out, model, pruner, splits, example, test_loader, device, before, baseline, epochs_log, start, log,
+            oneshot=None):
+    pruned = pruner is not None or oneshot is not None
     metrics_fn = _spiking_metrics()
     accuracy: Dict[str, Optional[float]] = {"dense": baseline["accuracy"] if baseline else None, "masked": None}
     importance_scores: Dict[str, list] = {}
@@ -350,7 +453,7 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
         "parameters": {"before": before["parameters"], "after": after["parameters"]},
         "macs": {"before": {"per_step": before["macs_per_step"], "total": before["macs_total"]},
                  "after": {"per_step": after["macs_per_step"], "total": after["macs_total"]}},
-        "synops": {"before": spiking["synops"] if pruner is None else (baseline or {}).get("synops"),
+        "synops": {"before": (baseline or {}).get("synops") if pruned else spiking["synops"],
                    "after": spiking["synops"]},
         "activation_sparsity": spiking.get("activation_sparsity"),
         "firing_rates": spiking.get("firing_rates"),
@@ -358,7 +461,7 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
         "dense_baseline": baseline,
         "spiking_metrics": spiking,
         "channels": {"before": before["channels"], "after": after["channels"]},
-        "history": pruner.history if pruner is not None else [],
+        "history": pruner.history if pruner is not None else ([oneshot.record] if oneshot and oneshot.record else []),
         "importance_scores": importance_scores,
         "epochs_log": epochs_log,
         "config": cfg.to_dict(),
@@ -366,10 +469,11 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
         "wall_time_s": time.time() - start,
     }
     atomic_save(model, out / MODEL)
-    atomic_save({"state": model.state_dict(), "history": pruner.pruning_history() if pruner is not None else [],
+    history = pruner.pruning_history() if pruner is not None else (oneshot.history() if oneshot is not None else [])
+    atomic_save({"state": model.state_dict(), "history": history,
                  "config": cfg.to_dict()}, out / MODEL_STATE)
     atomic_write_text(json.dumps(metrics, indent=2), out / METRICS)
-    before["accuracy"] = accuracy["dense"] if pruner is not None else accuracy["final"]
+    before["accuracy"] = accuracy["dense"] if pruned else accuracy["final"]
     after["accuracy"] = accuracy["final"]
     log("\n" + pruning_report(before, after, ("dense" if baseline else "before", cfg.method)))
     if accuracy["masked"] is not None:

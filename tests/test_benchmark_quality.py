@@ -54,7 +54,8 @@ def test_quality_tiny_sweep_and_resume(tmp_path, capsys):
         assert summary["machine"][key]
 
     table = (out / "table.md").read_text()
-    assert "Command:" in table and "Machine:" in table and "same dynamic mask schedule" in table
+    assert "Command:" in table and "Machine:" in table
+    assert "- `sca`: dynamic: masks updated each epoch for 1 of 1 epochs; global ranking; regrow_ratio 0.1" in table
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     assert len(rows) == 2 and any(r.startswith("| sca | 0.5 | 1 |") for r in rows)
 
@@ -73,6 +74,28 @@ def test_quality_tiny_sweep_and_resume(tmp_path, capsys):
     summary2 = json.loads((out / "summary.json").read_text())
     assert summary2["sweep"]["trained"] == [] and sorted(summary2["sweep"]["reused"]) == sorted(metrics)
     assert [g["accuracy_mean"] for g in summary2["groups"]] == [g["accuracy_mean"] for g in summary["groups"]]
+
+
+def test_quality_variants_are_rows_of_their_own(tmp_path):
+    quality = _load()
+    config = tmp_path / "variants.yaml"
+    config.write_text(TINY.replace("methods: [dense, sca]", "methods: [l1, l1-once, nni-fpgm]") + (
+        "variants:\n  l1-once: {method: l1, oneshot_epoch: 1}\n"))
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    assert quality.main(["--config", str(config), "--out", str(out), "--runs-dir", str(runs)]) == 0
+    assert {p.parent.name for p in runs.glob("*/metrics.json")} == {"l1-r0.5-s0", "l1-once-r0.5-s0", "nni-fpgm-r0.5-s0"}
+    assert json.loads((runs / "l1-once-r0.5-s0" / "metrics.json").read_text())["method"] == "l1"
+    summary = json.loads((out / "summary.json").read_text())
+    schedules = {g["method"]: g["schedule"] for g in summary["groups"]}
+    assert set(schedules) == {"l1", "l1-once", "nni-fpgm"}
+    assert schedules["l1-once"].startswith("one-shot after epoch 1, then fine-tuning; global ranking")
+    assert schedules["l1"].startswith("dynamic")
+    assert schedules["nni-fpgm"].startswith("one-shot after epoch 1, then fine-tuning; per-layer ranking")
+    nni_group = next(g for g in summary["groups"] if g["method"] == "nni-fpgm")
+    assert all(v == 0.5 * b for v, b in zip(nni_group["channels_after_mean"].values(),
+                                            nni_group["channels_before"].values()))
+    table = (out / "table.md").read_text()
+    assert "| l1-once | 0.5 | 1 |" in table and "variant {'method': 'l1', 'oneshot_epoch': 1}" in table
 
 
 def test_quality_refuses_stale_and_unfinished_runs(tmp_path):
@@ -100,4 +123,17 @@ def test_quality_config_errors(tmp_path):
         quality.load_bench_config(bad)
     bad.write_text(TINY + "overrides:\n  sca: {seed: 3}\n")
     with pytest.raises(quality.ConfigError, match="harness sets itself"):
+        quality.load_bench_config(bad)
+
+
+@pytest.mark.parametrize("variants, message", [
+    ("  l1: {method: l2}\n", "has the name of a method"),
+    ("  mine: {oneshot_epoch: 1}\n", "needs 'method: "),
+    ("  mine: {method: l1, seed: 2}\n", "harness sets itself"),
+])
+def test_quality_variant_errors(tmp_path, variants, message):
+    quality = _load()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.replace("methods: [dense, sca]", "methods: [dense, mine]") + "variants:\n" + variants)
+    with pytest.raises(quality.ConfigError, match=message):
         quality.load_bench_config(bad)

@@ -142,6 +142,24 @@ def test_regularize_adds_l1_sign_to_conv_grads(model, x):
     assert model.classifier.weight.grad.abs().sum() == 0  # not a conv
 
 
+def test_regularize_adds_slimming_l1_to_the_batchnorm_scales_of_prunable_channels(model, x):
+    pruner = SCAPruner(model, x, ignored_layers=[model.classifier], l1=0.0, bn_l1=1e-4)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns
+    with torch.no_grad():
+        for bn in bns:
+            bn.weight.copy_(torch.linspace(-1, 1, bn.num_features))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    pruner.regularize(model)
+    for bn in bns:
+        assert torch.equal(bn.weight.grad, 1e-4 * torch.sign(bn.weight.detach()))
+        assert bn.bias.grad.abs().sum() == 0
+    assert all(m.weight.grad.abs().sum() == 0 for m in model.modules() if isinstance(m, nn.Conv2d))  # l1=0
+    with pytest.raises(ValueError, match="bn_l1 must be a non-negative number"):
+        SCAPruner(digits_cnn(T=2), x, bn_l1=-1.0)
+
+
 def test_example_inputs_of_the_wrong_shape(model):
     snap = snapshot(model)
     with pytest.raises(ValueError, match="example_inputs exactly as the model takes them"):

@@ -5,6 +5,9 @@
     _, masks = pruner.compress(max_steps=None, max_epochs=10)
     pruner.unwrap_model()
     ModelSpeedup(model, x, masks).speedup_model()
+
+NNI's own L1Norm / FPGM / Slim / Taylor pruners on a spiking network, removed physically:
+``NNIBuiltinPruning(model, x, "fpgm", 0.5).prune()``.
 """
 try:
     import nni  # noqa: F401
@@ -13,5 +16,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from .pruner import SCAPruner
 from .speedup import ModelSpeedup
+from .builtin import NNI_BUILTIN_PRUNERS, NNIBuiltinPruning
 
-__all__ = ["SCAPruner", "ModelSpeedup"]
+__all__ = ["SCAPruner", "ModelSpeedup", "NNIBuiltinPruning", "NNI_BUILTIN_PRUNERS"]
