@@ -2,7 +2,10 @@
 
 * training step with SCA (membrane-statistics hooks + channel masks + ``regularize``) vs a plain
   training step on an identical copy of the same model and the same batches, interleaved step by
-  step (A B A B ...) after warm-up; median, IQR and ratio of medians;
+  step (A B A B ...) after warm-up; median, IQR and ratio of medians; two more interleaved
+  variants split the cost: plain training with the neurons storing their membrane trace
+  (``store_v_seq=True``, which the statistics need in multi-step mode) and plain training with only
+  the SCA statistics hooks attached (no masks, no regrowth hooks, no ``regularize``);
 * ``pruner.update_masks()`` as a fraction of an epoch-equivalent (steps_per_epoch x median SCA
   step time);
 * ``pruner.finalize()`` wall time (with and without its float64 verification) for VGG16;
@@ -29,7 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from spikingjelly.activation_based import functional  # noqa: E402
 
-from sca_plugin import SCAPruner  # noqa: E402
+from sca_plugin import SCAImportance, SCAPruner  # noqa: E402
 from sca_plugin.models import digits_cnn, vgg16  # noqa: E402
 
 # epoch-equivalents: scikit-learn digits train split (1437 images) in batches of 64 -> 23 steps;
@@ -79,24 +82,34 @@ def bench_train_step(name: str, width: float, reps: int, upd_reps: int) -> dict:
     pruner = make_pruner(sca_model, x)
     opt_plain = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
     opt_sca = torch.optim.SGD(sca_model.parameters(), lr=0.01, momentum=0.9)
-    plain.train(); sca_model.train()
+    # the cost split: membrane-trace storage alone, statistics hooks alone
+    vseq_model, stats_model = copy.deepcopy(plain), copy.deepcopy(plain)
+    for m in vseq_model.modules():
+        if hasattr(m, "store_v_seq"):
+            m.store_v_seq = True
+    SCAImportance().attach(stats_model)
+    opt_vseq = torch.optim.SGD(vseq_model.parameters(), lr=0.01, momentum=0.9)
+    opt_stats = torch.optim.SGD(stats_model.parameters(), lr=0.01, momentum=0.9)
+    plain.train(); sca_model.train(); vseq_model.train(); stats_model.train()
     # masks active from here on (the steady state of SCA training)
     train_step(sca_model, opt_sca, x, y, pruner)
     pruner.update_masks()
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(x.shape, generator=g), torch.randint(0, 10, y.shape, generator=g)) for _ in range(4)]
-    it = {"plain": 0, "sca": 0}
+    it = {"plain": 0, "sca": 0, "v_seq": 0, "stats": 0}
 
-    def step_plain():
-        bx, by = batches[it["plain"] % len(batches)]; it["plain"] += 1
-        train_step(plain, opt_plain, bx, by)
+    def stepper(key, model, opt, pruner=None):
+        def step():
+            bx, by = batches[it[key] % len(batches)]; it[key] += 1
+            train_step(model, opt, bx, by, pruner)
+        return step
 
-    def step_sca():
-        bx, by = batches[it["sca"] % len(batches)]; it["sca"] += 1
-        train_step(sca_model, opt_sca, bx, by, pruner)
-
-    times = common.interleave({"plain": step_plain, "sca": step_sca}, reps=reps, warmup=2)
+    step_sca = stepper("sca", sca_model, opt_sca, pruner)
+    times = common.interleave({"plain": stepper("plain", plain, opt_plain), "sca": step_sca,
+                               "v_seq": stepper("v_seq", vseq_model, opt_vseq),
+                               "stats": stepper("stats", stats_model, opt_stats)}, reps=reps, warmup=2)
     plain_s, sca_s = common.summarize(times["plain"]), common.summarize(times["sca"])
+    vseq_s, stats_s = common.summarize(times["v_seq"]), common.summarize(times["stats"])
 
     # mask update: after one SCA step (statistics and BN gradients exist), time update_masks()
     upd = []
@@ -111,6 +124,9 @@ def bench_train_step(name: str, width: float, reps: int, upd_reps: int) -> dict:
         "step_mode": "m", "pruned_fraction": pruner.sparsity(),
         "plain_step_s": plain_s, "sca_step_s": sca_s,
         "step_time_ratio": common.ratio(sca_s["median"], plain_s["median"]),
+        "store_v_seq_step_s": vseq_s, "stats_only_step_s": stats_s,
+        "store_v_seq_ratio": common.ratio(vseq_s["median"], plain_s["median"]),
+        "stats_only_ratio": common.ratio(stats_s["median"], plain_s["median"]),
         "update_masks_s": upd_s,
         "steps_per_epoch": spe, "steps_per_epoch_assumption": spe_note,
         "epoch_equivalent_s": epoch_s,
@@ -206,6 +222,12 @@ def markdown(data: dict) -> str:
                      f"{common.ms(q['median']):.2f} ({common.ms(q['iqr']):.2f})", f"{r['step_time_ratio']:.3f}"])
     s.append(common.md_table(["model", "batch", "reps", "plain ms median (IQR)", "SCA ms median (IQR)",
                               "SCA / plain"], rows))
+    s.append("\nWhere the extra time goes (same interleaved run; ratios to the plain step): the neurons storing "
+             "their membrane trace (`store_v_seq=True`, needed for the statistics in multi-step mode), the SCA "
+             "statistics hooks alone (trace + reduction, no masks / regrowth hooks / regularize), and full SCA.\n\n")
+    rows = [[f"{r['model']} w{r['width']:g}", f"{r['store_v_seq_ratio']:.3f}", f"{r['stats_only_ratio']:.3f}",
+             f"{r['step_time_ratio']:.3f}"] for r in data["train_step"] if "store_v_seq_ratio" in r]
+    s.append(common.md_table(["model", "store_v_seq / plain", "statistics hooks / plain", "full SCA / plain"], rows))
     s.append("\n## Mask update vs epoch-equivalent\n\n")
     rows = [[f"{r['model']} w{r['width']:g}", f"{common.ms(r['update_masks_s']['median']):.2f}",
              f"{r['steps_per_epoch']} ({r['steps_per_epoch_assumption']})", f"{r['epoch_equivalent_s']:.2f}",

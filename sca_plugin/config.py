@@ -34,6 +34,7 @@ class TrainConfig:
     method: str = field(default="sca", metadata={"help": ", ".join(METHODS)})
     pruning_ratio: float = field(default=0.5, metadata={"help": "fraction of prunable channels removed"})
     regrow_ratio: Optional[float] = field(default=None, metadata={"help": "fraction regrown per update (default 0.1 for sca, else 0)"})
+    regrow_decay: str = field(default="constant", metadata={"help": "constant (paper: the same regrow ratio at every update) or cosine (RigL-style decay to 0 by the last mask update)"})
     global_pruning: Optional[bool] = field(default=None, metadata={"help": "rank all layers together (else per layer); default yes, except nni-* methods: NNI's per-layer sparse_ratio (its global ratio counts weights, not channels)"})
     mode: str = field(default="incremental", metadata={"help": "incremental or rebuild (reference code)"})
     schedule: str = field(default="constant", metadata={"help": "constant, linear or cubic sparsity schedule"})
@@ -71,6 +72,11 @@ class TrainConfig:
             raise bad(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.step_mode not in ("m", "s"):
             raise bad(f"step_mode must be 'm' or 's', got {self.step_mode!r}")
+        if self.regrow_decay not in ("constant", "cosine"):
+            raise bad(f"regrow_decay must be 'constant' or 'cosine', got {self.regrow_decay!r}")
+        if self.regrow_decay == "cosine" and (self.method == "sca-prune-only" or not self.effective_regrow_ratio):
+            raise bad(f"--regrow-decay cosine decays regrowth, but method {self.method!r} regrows nothing here; "
+                      "set --regrow-ratio > 0 or drop --regrow-decay")
         if self.lr_schedule not in ("cosine", "step"):
             raise bad(f"lr_schedule must be 'cosine' or 'step', got {self.lr_schedule!r}")
         if not 0.0 < self.lr_gamma <= 1.0:

@@ -23,7 +23,7 @@ from .regrowth import GradientMagnitudes
 from .rollback import ModuleSnapshot, float_dtypes, restore_dtypes, to_double
 from .neurons import is_spiking_neuron
 from .optim import rebuild_optimizer
-from .schedule import SCHEDULES, sparsity_at
+from .schedule import REGROW_DECAYS, SCHEDULES, regrow_at, sparsity_at
 from .selection import MODES, Selection, select_channels
 
 __all__ = ["SCAPruner"]
@@ -33,7 +33,9 @@ _STATE_FORMAT = "sca_plugin.SCAPruner/1"
 # iterative_steps, head pruning, ...) concern Torch-Pruning's own one-shot schedule
 _PASSED_TO_TORCH_PRUNING = {"forward_fn", "output_transform", "customized_pruners", "unwrapped_parameters"}
 _CONFIG_KEYS = ("pruning_ratio", "regrow_ratio", "global_pruning", "mode", "schedule",
-                "ramp_updates", "min_channels", "round_to", "definition")
+                "ramp_updates", "min_channels", "round_to", "definition", "regrow_decay", "regrow_decay_updates")
+# settings added after the first state-dict format: their value when a saved state lacks them
+_CONFIG_DEFAULTS = {"regrow_decay": "constant", "regrow_decay_updates": None}
 
 
 def _is_bn(m: nn.Module) -> bool:
@@ -62,6 +64,10 @@ class SCAPruner(SpikingMetaPruner):
         schedule: ``"constant"`` (paper: full target from the first update), ``"linear"`` or
             ``"cubic"`` (AGP-like ramp over ``ramp_updates`` updates).
         update_interval: with :meth:`maybe_update_masks`, update the masks every this many steps.
+        regrow_decay: ``"constant"`` (paper: ``regrow_ratio`` at every update) or ``"cosine"``
+            (RigL-style decay of the regrown fraction to 0 at update ``regrow_decay_updates``; see
+            :func:`sca_plugin.schedule.regrow_at`).
+        regrow_decay_updates: the update (0-based count) at which cosine decay reaches 0.
         min_channels: never keep fewer channels than this in a group.
         round_to: kept channel counts are multiples of this (as in Torch-Pruning).
         root_module_types: module types whose output channels are pruned (default: convolutions).
@@ -91,6 +97,8 @@ class SCAPruner(SpikingMetaPruner):
         root_module_types: Sequence[type] = (ops.TORCH_CONV,),
         verify_atol: Optional[float] = 1e-5,
         bn_l1: float = 0.0,
+        regrow_decay: str = "constant",
+        regrow_decay_updates: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
         importance = SCAImportance() if importance is None else importance
@@ -100,6 +108,10 @@ class SCAPruner(SpikingMetaPruner):
                             f"extra arguments may be {sorted(_PASSED_TO_TORCH_PRUNING)}")
         self._validate_arguments(model, importance, pruning_ratio, regrow_ratio, ignored_layers, l1, bn_l1,
                                  mode, schedule, ramp_updates, update_interval, min_channels, round_to)
+        if regrow_decay not in REGROW_DECAYS:
+            raise ValueError(f"regrow_decay must be one of {REGROW_DECAYS}, got {regrow_decay!r}")
+        if regrow_decay == "cosine":
+            regrow_at(0, regrow_ratio, regrow_decay, regrow_decay_updates)  # validates regrow_decay_updates
         super().__init__(model, example_inputs, importance, global_pruning=global_pruning,
                          pruning_ratio=pruning_ratio, ignored_layers=list(ignored_layers or []),
                          round_to=round_to, root_module_types=list(root_module_types), **kwargs)
@@ -108,6 +120,8 @@ class SCAPruner(SpikingMetaPruner):
         self.regrow_ratio = regrow_ratio
         self.l1 = l1
         self.bn_l1 = bn_l1
+        self.regrow_decay = regrow_decay
+        self.regrow_decay_updates = regrow_decay_updates
         self.mode = mode
         self.schedule = schedule
         self.ramp_updates = ramp_updates
@@ -255,6 +269,9 @@ class SCAPruner(SpikingMetaPruner):
     def current_sparsity_target(self) -> float:
         return sparsity_at(self.num_updates, self.pruning_ratio, self.schedule, self.ramp_updates)
 
+    def current_regrow_ratio(self) -> float:
+        return regrow_at(self.num_updates, self.regrow_ratio, self.regrow_decay, self.regrow_decay_updates)
+
     @torch.no_grad()
     def update_masks(self) -> Selection:
         """Prune by activity and regrow by BN-scale gradient now, from the statistics gathered since
@@ -287,7 +304,8 @@ class SCAPruner(SpikingMetaPruner):
                 growth.append(torch.zeros_like(s) if g is None else g)
         previous = None if self.masks[0] is None else self.masks
         sparsity = self.current_sparsity_target()
-        selection = select_channels(scores, growth, previous, sparsity, self.regrow_ratio, self.global_pruning,
+        regrow = self.current_regrow_ratio()
+        selection = select_channels(scores, growth, previous, sparsity, regrow, self.global_pruning,
                                     self.min_channels, self.round_to, self.mode)
         for i, keep in enumerate(selection.keep):
             self.masks[i] = keep
@@ -296,6 +314,7 @@ class SCAPruner(SpikingMetaPruner):
             "update": self.num_updates,
             "step": self.num_steps,
             "target_sparsity": sparsity,
+            "regrow_ratio": regrow,
             "sparsity": self.sparsity(),
             "channels": {self.module_names[root]: int(keep.sum()) for (root, _), keep in zip(self.groups, self.masks)},
             "pruned": int(sum(len(p) for p in selection.pruned)),
@@ -395,7 +414,8 @@ class SCAPruner(SpikingMetaPruner):
                 "global_pruning": self.global_pruning, "mode": self.mode, "schedule": self.schedule,
                 "ramp_updates": self.ramp_updates, "min_channels": self.min_channels,
                 "round_to": self.round_to, "definition": definition, "l1": self.l1,
-                "bn_l1": self.bn_l1, "update_interval": self.update_interval}
+                "bn_l1": self.bn_l1, "update_interval": self.update_interval,
+                "regrow_decay": self.regrow_decay, "regrow_decay_updates": self.regrow_decay_updates}
 
     def state_dict(self) -> dict:
         """Masks, statistics accumulators, counters and history: enough to resume training with
@@ -421,8 +441,8 @@ class SCAPruner(SpikingMetaPruner):
         if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
             raise ValueError(f"not an SCAPruner state dict (expected format {_STATE_FORMAT!r})")
         cfg = state["config"]
-        mismatched = [f"{k}: saved {cfg.get(k)!r}, here {self._config()[k]!r}"
-                      for k in _CONFIG_KEYS if cfg.get(k) != self._config()[k]]
+        mismatched = [f"{k}: saved {cfg.get(k, _CONFIG_DEFAULTS.get(k))!r}, here {self._config()[k]!r}"
+                      for k in _CONFIG_KEYS if cfg.get(k, _CONFIG_DEFAULTS.get(k)) != self._config()[k]]
         if mismatched:
             raise ValueError("the state dict was made with other pruner settings (" + "; ".join(mismatched)
                              + "); build the pruner with the same settings")

@@ -90,7 +90,7 @@ _TP_IMPORTANCE = {
 }
 
 
-def build_pruner(cfg: TrainConfig, model: nn.Module, example: Any) -> Optional[SCAPruner]:
+def build_pruner(cfg: TrainConfig, model: nn.Module, example: Any, steps_per_epoch: int = 1) -> Optional[SCAPruner]:
     if cfg.method == "dense" or cfg.method in NNI_METHODS:
         return None
     importance = SCAImportance() if cfg.method in ("sca", "sca-prune-only") else _TP_IMPORTANCE[cfg.method]()
@@ -99,7 +99,15 @@ def build_pruner(cfg: TrainConfig, model: nn.Module, example: Any) -> Optional[S
                      global_pruning=cfg.effective_global_pruning, ignored_layers=[_classifier(model)], l1=cfg.l1,
                      bn_l1=cfg.effective_bn_l1,
                      mode=cfg.mode, schedule=cfg.schedule, ramp_updates=cfg.ramp_updates,
-                     update_interval=cfg.update_interval)
+                     update_interval=cfg.update_interval, regrow_decay=cfg.regrow_decay,
+                     regrow_decay_updates=_last_update(cfg, steps_per_epoch) if cfg.regrow_decay == "cosine" else None)
+
+
+def _last_update(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """0-based index of the last mask update of a dynamic run (where cosine regrowth reaches 0)."""
+    epochs = cfg.epochs - cfg.effective_fixed_mask_epochs
+    updates = epochs if cfg.update_interval is None else (epochs * steps_per_epoch) // cfg.update_interval
+    return max(1, updates - 1)
 
 
 class _NNIOneShot:
@@ -278,7 +286,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print,
     _seed_all(cfg.seed)
     model = build_model(cfg, splits.num_classes, splits.in_channels, splits.input_size).to(device)
     generator.manual_seed(cfg.seed)
-    pruner = build_pruner(cfg, model, example)
+    pruner = build_pruner(cfg, model, example, len(train_loader))
     oneshot = _NNIOneShot(cfg, model, example, train_loader, splits.kind, device) if cfg.method in NNI_METHODS else None
     if checkpoint is not None and (checkpoint.get("nni") or {}).get("removed_channels") is not None:
         oneshot.record = checkpoint["nni"]

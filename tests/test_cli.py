@@ -227,3 +227,13 @@ def test_user_model_from_module_callable_and_tensorboard(tmp_path, monkeypatch):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "own_network:MySNN" and metrics["parameters"]["after"] < metrics["parameters"]["before"]
     assert any((out / "tb").iterdir())
+
+
+def test_regrow_decay_cosine_reaches_zero_at_the_last_update(tmp_path):
+    m = run_training(tiny_config(tmp_path / "run", epochs=4, fixed_mask_epochs=1, regrow_decay="cosine",
+                                 dense_baseline=False), log=lambda *_: None)
+    assert [h["regrow_ratio"] for h in m["history"]] == pytest.approx([0.1, 0.05, 0.0])
+    from sca_plugin.config import ConfigError
+
+    with pytest.raises(ConfigError, match="regrows nothing"):
+        TrainConfig(method="sca-prune-only", regrow_decay="cosine")

@@ -308,3 +308,53 @@ def test_finalized_model_reloads_from_state_dict_and_pruning_history(step_mode, 
     fresh.load_state_dict(ck["state"])
     x_test, _ = make_batch(8, n=5, seed=1)
     assert torch.equal(outputs(fresh.double(), x_test.double()), after)
+
+
+def test_regrow_schedule_values():
+    from sca_plugin.schedule import regrow_at
+
+    assert [regrow_at(u, 0.2) for u in range(4)] == [0.2] * 4
+    cos = [regrow_at(u, 0.2, "cosine", 4) for u in range(6)]
+    assert cos[0] == pytest.approx(0.2) and cos[2] == pytest.approx(0.1) and cos[4] == cos[5] == 0.0
+    assert all(a >= b for a, b in zip(cos, cos[1:]))
+    with pytest.raises(ValueError, match="needs regrow_decay_updates"):
+        regrow_at(0, 0.2, "cosine", None)
+    with pytest.raises(ValueError, match="unknown regrowth decay"):
+        regrow_at(0, 0.2, "linear", 3)
+
+
+def test_cosine_regrowth_decays_to_zero_and_the_structure_settles(digits_batch):
+    torch.manual_seed(0)
+    model = digits_cnn(T=2)
+    x, y = digits_batch
+    pruner = SCAPruner(model, x[:2], pruning_ratio=0.5, regrow_ratio=0.25, ignored_layers=[model.classifier],
+                       regrow_decay="cosine", regrow_decay_updates=2)
+    opt = None
+    masks = []
+    for _ in range(4):
+        opt = train_steps(model, x, y, 1, pruner, optimizer=opt)
+        pruner.update_masks()
+        masks.append(torch.cat(pruner.masks).clone())
+    n = len(masks[0])
+    assert [h["regrow_ratio"] for h in pruner.history] == pytest.approx([0.25, 0.125, 0.0, 0.0])
+    assert [h["regrown"] for h in pruner.history] == [round(0.25 * n), round(0.125 * n), 0, 0]
+    assert torch.equal(masks[2], masks[3])  # no regrowth, no change of the kept set in incremental mode
+    # the settings belong to the state: another decay refuses to load it, a missing key means "constant"
+    state = pruner.state_dict()
+    fresh = digits_cnn(T=2)
+    other = SCAPruner(fresh, x[:2], pruning_ratio=0.5, regrow_ratio=0.25, ignored_layers=[fresh.classifier])
+    with pytest.raises(ValueError, match="regrow_decay"):
+        other.load_state_dict(state)
+    for key in ("regrow_decay", "regrow_decay_updates"):
+        state["config"].pop(key)
+    state["groups"], state["group_sizes"] = other.state_dict()["groups"], other.state_dict()["group_sizes"]
+    other.load_state_dict(state)  # a state saved before these settings existed
+
+
+def test_regrow_decay_argument_errors(digits_batch):
+    x, _ = digits_batch
+    model = digits_cnn(T=2)
+    with pytest.raises(ValueError, match="regrow_decay must be one of"):
+        SCAPruner(model, x[:2], ignored_layers=[model.classifier], regrow_decay="step")
+    with pytest.raises(ValueError, match="needs regrow_decay_updates"):
+        SCAPruner(model, x[:2], ignored_layers=[model.classifier], regrow_decay="cosine")
