@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, _clean, machine_info  # noqa: E402  (also puts the repo on sys.path)
 
-from sca_plugin.config import METHODS, ConfigError, TrainConfig  # noqa: E402
+from sca_plugin.config import EMERGENT_SPARSITY, METHODS, ConfigError, TrainConfig  # noqa: E402
 
 SHARED_KEYS = ("dataset", "model", "width", "time_steps", "epochs", "batch_size", "lr", "train_limit", "test_limit")
 REQUIRED_KEYS = ("dataset", "model", "seeds", "methods")
@@ -83,7 +83,7 @@ def load_bench_config(path) -> Dict[str, Any]:
     bad = [m for m in data["methods"] if m not in METHODS and m not in variants]
     if bad:
         raise ConfigError(f"{path}: unknown method(s) {bad}; use {', '.join(METHODS)} or a name from 'variants'")
-    if any(row_method(data, m) != "dense" for m in data["methods"]) and not data.get("ratios"):
+    if any(row_method(data, m) not in EMERGENT_SPARSITY for m in data["methods"]) and not data.get("ratios"):
         raise ConfigError(f"{path}: pruning methods need a non-empty 'ratios' list")
     for m, ov in (data.get("overrides") or {}).items():
         if m not in data["methods"]:
@@ -103,8 +103,9 @@ def row_method(cfg: Dict[str, Any], row: str) -> str:
     return ((cfg.get("variants") or {}).get(row) or {}).get("method", row)
 
 
-def run_name(row: str, ratio: float, seed: int) -> str:
-    return f"{row}-s{seed}" if ratio == 0.0 and row == "dense" else f"{row}-r{ratio:g}-s{seed}"
+def run_name(row: str, ratio: Optional[float], seed: int) -> str:
+    """``<row>-r<ratio>-s<seed>``; ``<row>-s<seed>`` for rows whose sparsity is not set (dense, sdsnn)."""
+    return f"{row}-s{seed}" if ratio is None else f"{row}-r{ratio:g}-s{seed}"
 
 
 def plan_runs(cfg: Dict[str, Any], runs_dir: Path) -> List[Dict[str, Any]]:
@@ -114,10 +115,11 @@ def plan_runs(cfg: Dict[str, Any], runs_dir: Path) -> List[Dict[str, Any]]:
     plan = []
     for row in cfg["methods"]:
         method = row_method(cfg, row)
-        ratios = [0.0] if method == "dense" else [float(r) for r in cfg["ratios"]]
+        emergent = method in EMERGENT_SPARSITY
+        ratios = [0.0] if emergent else [float(r) for r in cfg["ratios"]]
         for ratio in ratios:
             for seed in cfg["seeds"]:
-                name = run_name(row, ratio, seed)
+                name = run_name(row, None if emergent else ratio, seed)
                 values = dict(shared, **((cfg.get("variants") or {}).get(row) or {}))
                 values.update((cfg.get("overrides") or {}).get(row) or {})
                 values.update(method=method, pruning_ratio=ratio, seed=int(seed), progress=False,
@@ -235,6 +237,9 @@ def summarize_runs(metrics: Dict[str, Dict[str, Any]], rows: Optional[Dict[str, 
             "regrow_ratio": rs[0].get("regrow_ratio"),
             "oneshot_epoch": _effective(rs[0], "effective_oneshot_epoch"),
             "schedule": _schedule(rs[0]),
+            "emergent_sparsity": (rs[0].get("config") or {}).get("method") in EMERGENT_SPARSITY,
+            "channel_sparsity": _mean_std(_channel_sparsity(r) for r in rs)["mean"],
+            "connectivity": _mean_std((r.get("connectivity") or {}).get("total") for r in rs)["mean"],
             "wall_time_s_mean": _mean_std(r.get("wall_time_s") for r in rs)["mean"],
         })
     return groups
@@ -253,6 +258,12 @@ def _rel(v: Optional[float], ref: Optional[float]) -> str:
     return s
 
 
+def _channel_sparsity(run: Dict[str, Any]) -> Optional[float]:
+    ch = run.get("channels") or {}
+    before, after = sum((ch.get("before") or {}).values()), sum((ch.get("after") or {}).values())
+    return 1.0 - after / before if before else None
+
+
 def _effective(run: Dict[str, Any], prop: str):
     """A derived TrainConfig setting of a finished run (from its saved config)."""
     try:
@@ -268,6 +279,10 @@ def _schedule(run: Dict[str, Any]) -> str:
         return "?"
     if c.method == "dense":
         return "no pruning"
+    if c.method == "sdsnn":
+        return (f"SD-SNN structural development every epoch (sparsity emerges; N = {c.effective_sdsnn_n}, "
+                f"initial conv rate {c.sdsnn_initial_rate:g}%, regeneration cap {c.sdsnn_regen_cap:g}, "
+                f"ranges on {c.sdsnn_range_layers} layers)")
     rank = "global ranking" if c.effective_global_pruning else "per-layer ranking"
     extra = []
     if c.effective_regrow_ratio and c.method != "sca-prune-only":
@@ -321,6 +336,8 @@ def table_markdown(groups: List[Dict[str, Any]], cfg: Dict[str, Any], info: Dict
                      + (f"; overrides {ov}" if ov else ""))
     lines += [
         "",
+        "Ratio: the channel pruning ratio asked for; in parentheses the channel sparsity reached by methods that "
+        "do not take one (sdsnn). "
         "Accuracy: final test accuracy of the finalized (physically pruned) model, mean ± sample std over seeds; "
         "Δ: difference of the means to `dense`. Parameters, MACs per time step and SynOps per sample (mean over "
         "seeds, % of dense in parentheses). Activation sparsity: fraction of zero spikes. Channels: mean kept "
@@ -338,7 +355,10 @@ def table_markdown(groups: List[Dict[str, Any]], cfg: Dict[str, Any], info: Dict
         chans = " / ".join("–" if v is None else f"{v:.1f}".rstrip("0").rstrip(".")
                            for v in g["channels_after_mean"].values())
         sp = "–" if g["activation_sparsity"] is None else f"{g['activation_sparsity']:.3f}"
-        lines.append(f"| {g['method']} | {'–' if g['method'] == 'dense' else format(g['pruning_ratio'], 'g')} | "
+        ratio = "–" if g["method"] == "dense" else format(g["pruning_ratio"], "g")
+        if g.get("emergent_sparsity") and g["method"] != "dense" and g.get("channel_sparsity") is not None:
+            ratio = f"({g['channel_sparsity']:.2f})"
+        lines.append(f"| {g['method']} | {ratio} | "
                      f"{g['n']} | {acc} | {delta} | {_rel(g['parameters'], ref('parameters'))} | "
                      f"{_rel(g['macs_per_step'], ref('macs_per_step'))} | {_rel(g['synops'], ref('synops'))} | "
                      f"{sp} | {chans} |")

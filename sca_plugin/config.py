@@ -7,11 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-__all__ = ["METHODS", "NNI_METHODS", "TrainConfig", "ConfigError", "load_config_file"]
+__all__ = ["METHODS", "NNI_METHODS", "EMERGENT_SPARSITY", "TrainConfig", "ConfigError", "load_config_file"]
 
 #: pruning methods: SCA variants, the paper's ablation, and Torch-Pruning's built-in criteria
 METHODS = ("dense", "sca", "sca-prune-only", "random-init", "l1", "l2", "bnscale", "taylor", "lamp", "random",
-           "nni-l1norm", "nni-fpgm", "nni-slim", "nni-taylor")
+           "nni-l1norm", "nni-fpgm", "nni-slim", "nni-taylor", "sdsnn")
+#: methods whose sparsity emerges during training instead of following --pruning-ratio
+EMERGENT_SPARSITY = ("dense", "sdsnn")
 #: NNI 3.0 built-in pruners: one-shot, then fine-tuning; removed through sca_plugin.nni.ModelSpeedup
 NNI_METHODS = tuple(m for m in METHODS if m.startswith("nni-"))
 
@@ -35,6 +37,11 @@ class TrainConfig:
     pruning_ratio: float = field(default=0.5, metadata={"help": "fraction of prunable channels removed"})
     regrow_ratio: Optional[float] = field(default=None, metadata={"help": "fraction regrown per update (default 0.1 for sca, else 0)"})
     regrow_decay: str = field(default="constant", metadata={"help": "constant (paper: the same regrow ratio at every update) or cosine (RigL-style decay to 0 by the last mask update)"})
+    sca_normalizer: Optional[str] = field(default=None, metadata={"help": "sca methods: normalise the SCA scores of each group before the global ranking (mean, max, sum; default raw scores as in the paper)"})
+    sdsnn_n: Optional[int] = field(default=None, metadata={"help": "sdsnn: consecutive-epoch count N (public code 18 for 300-600 epochs; default max(1, round(epochs * 18 / 300)))"})
+    sdsnn_initial_rate: float = field(default=0.5, metadata={"help": "sdsnn: starting cumulative pruning rate of conv layers, percent (public code 0.5)"})
+    sdsnn_regen_cap: float = field(default=99.0, metadata={"help": "sdsnn: final regeneration percentile (public code 99; 100 stops regeneration)"})
+    sdsnn_range_layers: str = field(default="all", metadata={"help": "sdsnn: all (the method) or last (the public CIFAR code's slip)"})
     global_pruning: Optional[bool] = field(default=None, metadata={"help": "rank all layers together (else per layer); default yes, except nni-* methods: NNI's per-layer sparse_ratio (its global ratio counts weights, not channels)"})
     mode: str = field(default="incremental", metadata={"help": "incremental or rebuild (reference code)"})
     schedule: str = field(default="constant", metadata={"help": "constant, linear or cubic sparsity schedule"})
@@ -77,6 +84,18 @@ class TrainConfig:
         if self.regrow_decay == "cosine" and (self.method == "sca-prune-only" or not self.effective_regrow_ratio):
             raise bad(f"--regrow-decay cosine decays regrowth, but method {self.method!r} regrows nothing here; "
                       "set --regrow-ratio > 0 or drop --regrow-decay")
+        if self.sca_normalizer is not None:
+            if self.sca_normalizer not in ("mean", "max", "sum"):
+                raise bad(f"sca_normalizer must be mean, max or sum, got {self.sca_normalizer!r}")
+            if self.method not in ("sca", "sca-prune-only"):
+                raise bad(f"--sca-normalizer applies to the SCA methods, not {self.method!r}")
+        if self.sdsnn_range_layers not in ("all", "last"):
+            raise bad(f"sdsnn_range_layers must be 'all' or 'last', got {self.sdsnn_range_layers!r}")
+        if self.sdsnn_n is not None and self.sdsnn_n < 1:
+            raise bad(f"sdsnn_n must be at least 1, got {self.sdsnn_n}")
+        if self.method == "sdsnn" and (self.regrow_ratio or self.oneshot_epoch is not None):
+            raise bad("sdsnn regenerates synapses by its own rule and develops its structure every epoch: "
+                      "drop --regrow-ratio / --oneshot-epoch")
         if self.lr_schedule not in ("cosine", "step"):
             raise bad(f"lr_schedule must be 'cosine' or 'step', got {self.lr_schedule!r}")
         if not 0.0 < self.lr_gamma <= 1.0:
@@ -109,7 +128,13 @@ class TrainConfig:
 
     @property
     def effective_fixed_mask_epochs(self) -> int:
-        return self.epochs // 6 if self.fixed_mask_epochs is None else self.fixed_mask_epochs
+        if self.fixed_mask_epochs is not None:
+            return self.fixed_mask_epochs
+        return 0 if self.method == "sdsnn" else self.epochs // 6
+
+    @property
+    def effective_sdsnn_n(self) -> int:
+        return self.sdsnn_n if self.sdsnn_n is not None else max(1, round(self.epochs * 18 / 300))
 
     @property
     def effective_global_pruning(self) -> bool:

@@ -89,14 +89,21 @@ def mask_targets(DG: tp.DependencyGraph, group, module_names: Dict[nn.Module, st
     """
     bns = group_members(group, _is_bn)
     targets = [(m, local, root) for m, (local, root) in bns.items()]
-    producers = group_members(group, lambda m: isinstance(m, (ops.TORCH_CONV, ops.TORCH_LINEAR)))
-    for module, (local, root) in producers.items():
-        handlers = [it.dep.handler for it in group if it.dep.target.module is module]
-        if not any(DG.is_out_channel_pruning_fn(h) and not DG.is_in_channel_pruning_fn(h) for h in handlers):
-            continue  # only its input channels belong to the group
+    for module, (local, root) in group_producers(DG, group).items():
         if not feeds_only(DG, module, set(bns), module_names):
             targets.append((module, local, root))
     return targets
+
+
+def group_producers(DG: tp.DependencyGraph, group, types=(ops.TORCH_CONV, ops.TORCH_LINEAR)) -> Dict[nn.Module, tuple]:
+    """``{layer: (local_idxs, root_idxs)}``: the conv/linear layers of ``group`` that compute its
+    channels (their output channels are pruned), not those that only read them."""
+    out = {}
+    for module, pair in group_members(group, lambda m: isinstance(m, types)).items():
+        handlers = [it.dep.handler for it in group if it.dep.target.module is module]
+        if any(DG.is_out_channel_pruning_fn(h) and not DG.is_in_channel_pruning_fn(h) for h in handlers):
+            out[module] = pair
+    return out
 
 
 def feeds_only(DG: tp.DependencyGraph, module: nn.Module, allowed: set, module_names) -> bool:

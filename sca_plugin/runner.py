@@ -93,7 +93,14 @@ _TP_IMPORTANCE = {
 def build_pruner(cfg: TrainConfig, model: nn.Module, example: Any, steps_per_epoch: int = 1) -> Optional[SCAPruner]:
     if cfg.method == "dense" or cfg.method in NNI_METHODS:
         return None
-    importance = SCAImportance() if cfg.method in ("sca", "sca-prune-only") else _TP_IMPORTANCE[cfg.method]()
+    if cfg.method == "sdsnn":
+        from .sdsnn import SDSNNPruner
+
+        return SDSNNPruner(model, example, ignored_layers=[_classifier(model)], N=cfg.effective_sdsnn_n,
+                           initial_rate=cfg.sdsnn_initial_rate, regen_cap=cfg.sdsnn_regen_cap,
+                           range_layers=cfg.sdsnn_range_layers, update_interval=cfg.update_interval)
+    importance = SCAImportance(normalizer=cfg.sca_normalizer) if cfg.method in ("sca", "sca-prune-only") \
+        else _TP_IMPORTANCE[cfg.method]()
     regrow = 0.0 if cfg.method == "sca-prune-only" else cfg.effective_regrow_ratio
     return SCAPruner(model, example, importance=importance, pruning_ratio=cfg.pruning_ratio, regrow_ratio=regrow,
                      global_pruning=cfg.effective_global_pruning, ignored_layers=[_classifier(model)], l1=cfg.l1,
@@ -471,6 +478,8 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
         "channels": {"before": before["channels"], "after": after["channels"]},
         "history": pruner.history if pruner is not None else ([oneshot.record] if oneshot and oneshot.record else []),
         "importance_scores": importance_scores,
+        "connectivity": pruner.connectivity() if hasattr(pruner, "connectivity") else None,
+        "synops_connected": _connected_synops(spiking, pruner.connectivity()) if hasattr(pruner, "connectivity") else None,
         "epochs_log": epochs_log,
         "config": cfg.to_dict(),
         "device": str(device),
@@ -488,6 +497,15 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
         log(f"masked-model accuracy {100 * accuracy['masked']:.2f}%, finalized {100 * accuracy['final']:.2f}%")
     log(f"wrote {out / METRICS} ({time.time() - start:.1f} s)")
     return metrics
+
+
+def _connected_synops(spiking: dict, connectivity: Dict[str, float]) -> Optional[float]:
+    """SynOps counting only kept synapses: each layer's SynOps times its fraction of non-zero weights
+    (exact when a layer's input spikes spread evenly over its synapses)."""
+    layers = spiking.get("layers") or {}
+    if not layers:
+        return None
+    return float(sum(v.get("synops", 0.0) * connectivity.get(name, 1.0) for name, v in layers.items()))
 
 
 def _spiking_metrics():

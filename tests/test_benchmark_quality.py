@@ -79,15 +79,17 @@ def test_quality_tiny_sweep_and_resume(tmp_path, capsys):
 def test_quality_variants_are_rows_of_their_own(tmp_path):
     quality = _load()
     config = tmp_path / "variants.yaml"
-    config.write_text(TINY.replace("methods: [dense, sca]", "methods: [l1, l1-once, nni-fpgm]") + (
+    config.write_text(TINY.replace("methods: [dense, sca]", "methods: [l1, l1-once, nni-fpgm, sdsnn]") + (
         "variants:\n  l1-once: {method: l1, oneshot_epoch: 1}\n"))
     out, runs = tmp_path / "out", tmp_path / "runs"
     assert quality.main(["--config", str(config), "--out", str(out), "--runs-dir", str(runs)]) == 0
-    assert {p.parent.name for p in runs.glob("*/metrics.json")} == {"l1-r0.5-s0", "l1-once-r0.5-s0", "nni-fpgm-r0.5-s0"}
+    assert {p.parent.name for p in runs.glob("*/metrics.json")} == {"l1-r0.5-s0", "l1-once-r0.5-s0", "nni-fpgm-r0.5-s0",
+                                                                 "sdsnn-s0"}  # no ratio for SD-SNN
     assert json.loads((runs / "l1-once-r0.5-s0" / "metrics.json").read_text())["method"] == "l1"
     summary = json.loads((out / "summary.json").read_text())
     schedules = {g["method"]: g["schedule"] for g in summary["groups"]}
-    assert set(schedules) == {"l1", "l1-once", "nni-fpgm"}
+    assert set(schedules) == {"l1", "l1-once", "nni-fpgm", "sdsnn"}
+    assert schedules["sdsnn"].startswith("SD-SNN structural development every epoch")
     assert schedules["l1-once"].startswith("one-shot after epoch 1, then fine-tuning; global ranking")
     assert schedules["l1"].startswith("dynamic")
     assert schedules["nni-fpgm"].startswith("one-shot after epoch 1, then fine-tuning; per-layer ranking")
@@ -96,6 +98,18 @@ def test_quality_variants_are_rows_of_their_own(tmp_path):
                                             nni_group["channels_before"].values()))
     table = (out / "table.md").read_text()
     assert "| l1-once | 0.5 | 1 |" in table and "variant {'method': 'l1', 'oneshot_epoch': 1}" in table
+    assert "| sdsnn | (0.00) | 1 |" in table
+
+    spec = importlib.util.spec_from_file_location("bench_overview", BENCH / "quality_overview.py")
+    overview = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overview)
+    assert overview.main([str(out), "--out", str(tmp_path / "overview.md")]) == 0
+    text = (tmp_path / "overview.md").read_text()
+    accs = {g["method"]: 100 * g["accuracy_mean"] for g in summary["groups"] if g["method"] != "sdsnn"}
+    assert "| variants | sdsnn |" in text
+    best = max(accs, key=accs.get)
+    assert f"| {best} | **{accs[best]:.2f} ± 0.00** |" in text
+    assert all(f"| {m} | " in text for m in accs)
 
 
 def test_quality_refuses_stale_and_unfinished_runs(tmp_path):

@@ -237,3 +237,17 @@ def test_regrow_decay_cosine_reaches_zero_at_the_last_update(tmp_path):
 
     with pytest.raises(ConfigError, match="regrows nothing"):
         TrainConfig(method="sca-prune-only", regrow_decay="cosine")
+
+
+def test_sca_normalizer_reaches_the_importance(tmp_path):
+    from sca_plugin.config import ConfigError
+    from sca_plugin.models import digits_cnn
+    from sca_plugin.runner import build_pruner
+
+    model = digits_cnn(T=2, width=0.25)
+    pruner = build_pruner(TrainConfig(method="sca", sca_normalizer="mean"), model, torch.rand(2, 2, 1, 8, 8))
+    assert pruner.importance.normalizer == "mean"
+    with pytest.raises(ConfigError, match="applies to the SCA methods"):
+        TrainConfig(method="l1", sca_normalizer="mean")
+    with pytest.raises(ConfigError, match="sca_normalizer must be"):
+        TrainConfig(method="sca", sca_normalizer="median")

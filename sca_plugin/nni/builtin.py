@@ -28,6 +28,7 @@ from torch_pruning import ops
 
 from ..graph import SpikingMetaPruner
 from ..importance import group_members
+from ..masking import group_producers
 
 __all__ = ["NNI_BUILTIN_PRUNERS", "NNIBuiltinPruning"]
 
@@ -95,11 +96,7 @@ class NNIBuiltinPruning:
         DG = meta.DG
         groups = []
         for group in DG.get_all_groups(ignored_layers=ignored, root_module_types=[ops.TORCH_CONV]):
-            convs = {}
-            for module, pair in group_members(group, lambda m: isinstance(m, ops.TORCH_CONV)).items():
-                handlers = [it.dep.handler for it in group if it.dep.target.module is module]
-                if any(DG.is_out_channel_pruning_fn(h) and not DG.is_in_channel_pruning_fn(h) for h in handlers):
-                    convs[self.names[module]] = pair
+            convs = {self.names[m]: pair for m, pair in group_producers(DG, group, (ops.TORCH_CONV,)).items()}
             bns = {self.names[m]: pair for m, pair in group_members(group, _is_bn).items()
                    if getattr(m, "weight", None) is not None}
             if convs:

@@ -55,7 +55,7 @@ from nni.compression.utils.evaluator import Evaluator, Hook, TensorHook
 from ..activity import DEFINITIONS, MembraneActivityRecorder
 from ..graph import SpikingMetaPruner
 from ..importance import SCAImportance, group_channel_mean, group_members
-from ..masking import StraightThroughMask, mask_targets, output_channel_dim
+from ..masking import StraightThroughMask, mask_targets, output_channel_dim, group_producers
 from ..regrowth import GradientMagnitudes
 from ..neurons import is_spiking_neuron
 from ..selection import MODES, select_channels
@@ -323,11 +323,7 @@ class SCAPruner(Pruner):
         covered: Dict[nn.Module, _Group] = {}
         for group in DG.get_all_groups(ignored_layers=[], root_module_types=root_types):
             root = group[0].dep.target.module
-            producers = {}
-            for module, pair in group_members(group, lambda m: isinstance(m, _PRODUCER_TYPES)).items():
-                handlers = [it.dep.handler for it in group if it.dep.target.module is module]
-                if any(DG.is_out_channel_pruning_fn(h) and not DG.is_in_channel_pruning_fn(h) for h in handlers):
-                    producers[module] = pair
+            producers = group_producers(DG, group, _PRODUCER_TYPES)
             members = [m for m in producers if m in configured]
             if not members:
                 continue
