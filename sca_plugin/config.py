@@ -40,6 +40,7 @@ class TrainConfig:
     sca_normalizer: Optional[str] = field(default=None, metadata={"help": "sca methods: normalise the SCA scores of each group before the global ranking (mean, max, sum; default raw scores as in the paper)"})
     sdsnn_n: Optional[int] = field(default=None, metadata={"help": "sdsnn: consecutive-epoch count N (public code 18 for 300-600 epochs; default max(1, round(epochs * 18 / 300)))"})
     sdsnn_initial_rate: float = field(default=0.5, metadata={"help": "sdsnn: starting cumulative pruning rate of conv layers, percent (public code 0.5)"})
+    sdsnn_initial_fc_rate: float = field(default=2.0, metadata={"help": "sdsnn: starting cumulative pruning rate of hidden fully connected layers, percent (public CIFAR code 2, MNIST code 35)"})
     sdsnn_regen_cap: float = field(default=99.0, metadata={"help": "sdsnn: final regeneration percentile (public code 99; 100 stops regeneration)"})
     sdsnn_range_layers: str = field(default="all", metadata={"help": "sdsnn: all (the method) or last (the public CIFAR code's slip)"})
     global_pruning: Optional[bool] = field(default=None, metadata={"help": "rank all layers together (else per layer); default yes, except nni-* methods: NNI's per-layer sparse_ratio (its global ratio counts weights, not channels)"})

@@ -147,6 +147,7 @@ def spiking_neuron_pruners(model: nn.Module, example_inputs: Any, forward_fn=Non
     import torch
 
     pruner = SpikingNeuronPruner()
+    functional.reset_net(model)
     with preserve_training_mode(model), _recording_neuron_channels(model, pruner), torch.no_grad():
         model.eval()
         _call(model, example_inputs, forward_fn)
@@ -166,6 +167,9 @@ class SpikingMetaPruner(tp.pruner.BasePruner):
         neuron_pruner = SpikingNeuronPruner()
         pruners: Dict[Any, Any] = {t: neuron_pruner for t in neuron_types_in(model)}
         pruners.update(customized_pruners or {})
+        # a state left by the user's last forward (with its autograd history) would be traced as
+        # part of the graph: start from fresh neurons (they are reset after tracing anyway)
+        functional.reset_net(model)
         try:
             with preserve_training_mode(model), _recording_neuron_channels(model, neuron_pruner), \
                     _removing_leaked_hooks(model):
@@ -189,6 +193,7 @@ def replay_pruning(model: nn.Module, example_inputs: Any, history, forward_fn=No
     replay the history, then ``load_state_dict``.
     """
     DG = tp.DependencyGraph()
+    functional.reset_net(model)
     pruners = spiking_neuron_pruners(model, example_inputs, forward_fn)
     with preserve_training_mode(model):
         DG.build_dependency(model, example_inputs, forward_fn=forward_fn, customized_pruners=pruners, verbose=False)

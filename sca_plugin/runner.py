@@ -97,8 +97,10 @@ def build_pruner(cfg: TrainConfig, model: nn.Module, example: Any, steps_per_epo
         from .sdsnn import SDSNNPruner
 
         return SDSNNPruner(model, example, ignored_layers=[_classifier(model)], N=cfg.effective_sdsnn_n,
-                           initial_rate=cfg.sdsnn_initial_rate, regen_cap=cfg.sdsnn_regen_cap,
-                           range_layers=cfg.sdsnn_range_layers, update_interval=cfg.update_interval)
+                           initial_rate=cfg.sdsnn_initial_rate, initial_fc_rate=cfg.sdsnn_initial_fc_rate,
+                           regen_cap=cfg.sdsnn_regen_cap, range_layers=cfg.sdsnn_range_layers,
+                           update_interval=cfg.update_interval,
+                           root_module_types=(tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR))  # hidden FC layers too
     importance = SCAImportance(normalizer=cfg.sca_normalizer) if cfg.method in ("sca", "sca-prune-only") \
         else _TP_IMPORTANCE[cfg.method]()
     regrow = 0.0 if cfg.method == "sca-prune-only" else cfg.effective_regrow_ratio

@@ -358,3 +358,16 @@ def test_regrow_decay_argument_errors(digits_batch):
         SCAPruner(model, x[:2], ignored_layers=[model.classifier], regrow_decay="step")
     with pytest.raises(ValueError, match="needs regrow_decay_updates"):
         SCAPruner(model, x[:2], ignored_layers=[model.classifier], regrow_decay="cosine")
+
+
+def test_pruner_built_right_after_a_training_forward_sees_the_same_graph(digits_batch):
+    """A neuron state left by the user's forward (with autograd history) must not leak into the trace."""
+    torch.manual_seed(0)
+    x, y = digits_batch
+    fresh = digits_cnn(T=2)
+    used = copy.deepcopy(fresh)
+    used.train()
+    used(x)  # no reset_net: the neurons keep v with its autograd graph
+    a = SCAPruner(fresh, x[:2], ignored_layers=[fresh.classifier], root_module_types=(nn.Conv2d, nn.Linear))
+    b = SCAPruner(used, x[:2], ignored_layers=[used.classifier], root_module_types=(nn.Conv2d, nn.Linear))
+    assert a.group_names() == b.group_names() and len(b.group_names()) == 3

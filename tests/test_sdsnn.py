@@ -256,3 +256,21 @@ def test_sca_prune_train_method_sdsnn_and_resume(tmp_path):
     assert a["history"] == b["history"] and a["accuracy"] == b["accuracy"]
     with pytest.raises(ConfigError, match="regenerates synapses by its own rule"):
         TrainConfig(method="sdsnn", regrow_ratio=0.1)
+
+
+def test_sdsnn_mnist_config_and_network():
+    from pathlib import Path
+
+    from sca_plugin.config import TrainConfig, load_config_file
+    from sca_plugin.runner import build_model, build_pruner
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "sdsnn_mnist.yaml"
+    cfg = TrainConfig.from_dict(load_config_file(str(path)))
+    model = build_model(cfg, 10, 1, (28, 28))
+    assert [m.out_channels for m in model.features if hasattr(m, "out_channels")] == [15, 40]
+    assert model.fc1[0].in_features == 1960 and model.fc1[0].out_features == 300
+    x = torch.rand(2, 1, 28, 28)
+    assert model(x).shape == (2, 10)
+    pruner = build_pruner(cfg, model, x)
+    assert sorted(pruner.group_names()) == ["fc1.0", "features.0", "features.3"]  # hidden FC layer managed too
+    assert pruner.rates[pruner.group_names().index("fc1.0")] == 35.0 and pruner.N == 1

@@ -11,7 +11,7 @@ from .neuron_factory import NEURON_TYPES, default_neuron_kwargs, make_neuron_fac
 from .registry import MODELS, get_model
 from .resnet import SpikingPreActResNet, SpikingResNet, preact_resnet18, resnet18, resnet19
 from .sew_resnet import SpikingSEWResNet, sew_resnet
-from .small import DIGITS_CNN_CFG, DVS_NET_CFG, SpikingPlainCNN, digits_cnn, dvs_net
+from .small import DIGITS_CNN_CFG, DVS_NET_CFG, SDSNNMnistNet, SpikingPlainCNN, digits_cnn, dvs_net, sdsnn_mnist_net
 from .vgg import VGG16_CFG, SpikingVGG, vgg16
 
 __all__ = [
@@ -42,4 +42,6 @@ __all__ = [
     "DIGITS_CNN_CFG",
     "dvs_net",
     "digits_cnn",
+    "sdsnn_mnist_net",
+    "SDSNNMnistNet",
 ]

@@ -6,7 +6,7 @@ from typing import Any, Callable, Dict
 from .base import SpikingNet
 from .resnet import preact_resnet18, resnet18, resnet19
 from .sew_resnet import sew_resnet
-from .small import digits_cnn, dvs_net
+from .small import digits_cnn, dvs_net, sdsnn_mnist_net
 from .vgg import vgg16
 
 __all__ = ["MODELS", "get_model"]
@@ -20,6 +20,7 @@ MODELS: Dict[str, Callable[..., SpikingNet]] = {
     "sew_resnet": sew_resnet,
     "dvs_net": dvs_net,
     "digits_cnn": digits_cnn,
+    "sdsnn_mnist_net": sdsnn_mnist_net,
 }
 
 

@@ -1,4 +1,5 @@
-"""Small plain spiking CNNs: the SCA paper's DVS-CIFAR10 net and a CNN for 8x8 digits."""
+"""Small plain spiking CNNs: the SCA paper's DVS-CIFAR10 net, a CNN for 8x8 digits and the SD-SNN
+paper's MNIST network."""
 from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -11,7 +12,8 @@ from .base import SpikingNet, check_width, scale_channels
 from .blocks import NeuronFactory, conv_bn_sn
 from .neuron_factory import NeuronSpec, make_neuron_factory
 
-__all__ = ["DVS_NET_CFG", "DIGITS_CNN_CFG", "SpikingPlainCNN", "dvs_net", "digits_cnn"]
+__all__ = ["DVS_NET_CFG", "DIGITS_CNN_CFG", "SpikingPlainCNN", "SDSNNMnistNet", "dvs_net", "digits_cnn",
+           "sdsnn_mnist_net"]
 
 #: 64C3-AP2-128C3-AP2-128C3-AP2-256C3-AP2-256C3-AP2 ('A' = 2x2 average pooling).
 DVS_NET_CFG: List[Union[int, str]] = [64, "A", 128, "A", 128, "A", 256, "A", 256, "A"]
@@ -112,3 +114,49 @@ def digits_cnn(
         DIGITS_CNN_CFG, input_size, num_classes=num_classes, in_channels=in_channels, T=T, width=width,
         make_neuron=make_neuron_factory(neuron, **neuron_kwargs), step_mode=step_mode,
     )
+
+
+class SDSNNMnistNet(SpikingNet):
+    """The SD-SNN authors' MNIST network (``SCNN``): ``Conv3x3(in -> 15) -> neuron -> AvgPool2 ->
+    Conv3x3(15 -> 40) -> neuron -> AvgPool2 -> Flatten -> fc1 (40*H/4*W/4 -> 300) -> neuron ->
+    classifier (300 -> classes)``; convolutions and fc1 with bias, no BatchNorm."""
+
+    def __init__(self, input_size: Size = 28, num_classes: int = 10, in_channels: int = 1, T: int = 4,
+                 width: float = 1.0, make_neuron: Optional[NeuronFactory] = None, step_mode: str = "m") -> None:
+        super().__init__(T=T, num_classes=num_classes, in_channels=in_channels, step_mode=step_mode)
+        width = check_width(width)
+        make_neuron = make_neuron or make_neuron_factory("lif")
+        h, w = _hw(input_size)
+        if h < 4 or w < 4:
+            raise ValueError(f"input_size {input_size} is too small for two 2x2 poolings")
+        c1, c2, hidden = scale_channels(15, width), scale_channels(40, width), scale_channels(300, width)
+        self.features = nn.Sequential(
+            layer.Conv2d(in_channels, c1, 3, padding=1), make_neuron(), layer.AvgPool2d(2, 2),
+            layer.Conv2d(c1, c2, 3, padding=1), make_neuron(), layer.AvgPool2d(2, 2),
+        )
+        self.flatten = layer.Flatten()
+        self.fc1 = nn.Sequential(layer.Linear(c2 * (h // 4) * (w // 4), hidden), make_neuron())
+        self.classifier = layer.Linear(hidden, num_classes)
+        self._finish_init(step_mode)
+
+    def forward_body(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.fc1(self.flatten(self.features(x))))
+
+
+def sdsnn_mnist_net(
+    num_classes: int = 10,
+    in_channels: int = 1,
+    T: int = 4,
+    width: float = 1.0,
+    neuron: NeuronSpec = "lif",
+    step_mode: str = "m",
+    input_size: Size = 28,
+    **neuron_kwargs: Any,
+) -> SDSNNMnistNet:
+    """The SD-SNN MNIST network. Default neuron: the authors' leaky neuron ``v = 0.2 * v + W x``,
+    threshold 0.5, hard reset to 0 (SpikingJelly ``LIFNode(tau=1.25, decay_input=False,
+    v_threshold=0.5)``); their Bernoulli rate coding and MSE loss are not reproduced here."""
+    if neuron == "lif":
+        neuron_kwargs = {"tau": 1.25, "decay_input": False, "v_threshold": 0.5, **neuron_kwargs}
+    return SDSNNMnistNet(input_size, num_classes=num_classes, in_channels=in_channels, T=T, width=width,
+                         make_neuron=make_neuron_factory(neuron, **neuron_kwargs), step_mode=step_mode)
