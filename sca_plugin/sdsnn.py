@@ -215,6 +215,17 @@ class SDSNNPruner(SCAPruner):
         self.synapses = importance.synapses
         self._connectivity: Optional[Dict[str, float]] = None
 
+    def weight_of(self, module: nn.Module) -> torch.Tensor:
+        """The weight parameter of a managed layer (replaced when another framework, such as NNI's
+        wrappers, holds the parameter elsewhere)."""
+        return module.weight
+
+    @torch.no_grad()
+    def _zero_masked_synapses(self) -> None:
+        for m in self._layers:
+            w = self.weight_of(m)
+            w.data.mul_(self.synapses[m].mask.to(w.dtype))
+
     # ------------------------------------------------------------------ epoch schedule
     @property
     def clip_start(self) -> int:
@@ -252,19 +263,19 @@ class SDSNNPruner(SCAPruner):
         if e == 0:
             self.synapses.clear()
             for m in self._layers:
-                self.synapses[m] = _Synapses(m.weight)
+                self.synapses[m] = _Synapses(self.weight_of(m))
         else:
             for m in (self._layers if self.range_layers == "all" else self._layers[-1:]):
-                self._update_ranges(self.synapses[m], m.weight.detach())
+                self._update_ranges(self.synapses[m], self.weight_of(m).detach())
             if e >= self.clip_start:
                 for m in self._layers:
                     syn = self.synapses[m]
-                    m.weight.data.copy_(torch.maximum(torch.minimum(m.weight.data, syn.r_pos), syn.r_neg))
+                    w = self.weight_of(m)
+                    w.data.copy_(torch.maximum(torch.minimum(w.data, syn.r_pos), syn.r_neg))
             if e >= self.prune_start:
                 regrown = sum(self._regenerate(m, e) for m in self._layers)
                 pruned = self._prune(e)
-                for m in self._layers:
-                    m.weight.data.mul_(self.synapses[m].mask.to(m.weight.dtype))
+                self._zero_masked_synapses()
         for i, keep in enumerate(self._channel_keep()):
             self.masks[i] = keep
             self._apply_mask(i, keep)
@@ -303,7 +314,7 @@ class SDSNNPruner(SCAPruner):
     def _regenerate(self, module: nn.Module, epoch: int) -> int:
         syn = self.synapses[module]
         fc = isinstance(module, ops.TORCH_LINEAR)
-        sums = _Synapses.kernel_view(module.weight.detach()).sum(-1)
+        sums = _Synapses.kernel_view(self.weight_of(module).detach()).sum(-1)
         q = self.regeneration_percentile(epoch, fc)
         if q >= 100.0:
             return 0  # regeneration has faded out
@@ -332,7 +343,7 @@ class SDSNNPruner(SCAPruner):
 
     def _dead(self, i: int) -> int:
         fc = self._fc[i]
-        per_channel = sum(m.weight[0].numel() for m in self._producers[i] if getattr(m, "weight", None) is not None)
+        per_channel = sum(self.weight_of(m)[0].numel() for m in self._producers[i] if m in self.synapses)
         threshold = min(self.dead_fc_synapses if fc else self.dead_synapses, max(1, per_channel // 2))
         return int((self._survivors(i) < threshold).sum())
 
@@ -401,9 +412,7 @@ class SDSNNPruner(SCAPruner):
         """Zero the masked synapses inside kept channels (the masked model), then remove the pruned
         channels physically as :meth:`SCAPruner.finalize` does; connectivity is kept as zeros."""
         if not self.finalized and self.synapses:
-            with torch.no_grad():
-                for m in self._layers:
-                    m.weight.data.mul_(self.synapses[m].mask.to(m.weight.dtype))
+            self._zero_masked_synapses()
         model = super().finalize(example_inputs)
         kept = total = 0
         out = {}
@@ -447,8 +456,8 @@ class SDSNNPruner(SCAPruner):
         synapses = {}
         for name, tensors in extra["synapses"].items():  # check every shape before changing anything
             module = names[name]
-            syn = _Synapses(module.weight)
-            syn.load_state_dict(tensors, module.weight.device)
+            syn = _Synapses(self.weight_of(module))
+            syn.load_state_dict(tensors, self.weight_of(module).device)
             synapses[module] = syn
         super().load_state_dict(state)
         self.synapses.clear()

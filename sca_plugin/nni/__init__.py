@@ -7,7 +7,7 @@
     ModelSpeedup(model, x, masks).speedup_model()
 
 NNI's own L1Norm / FPGM / Slim / Taylor pruners on a spiking network, removed physically:
-``NNIBuiltinPruning(model, x, "fpgm", 0.5).prune()``.
+``NNIBuiltinPruning(model, x, "fpgm", 0.5).prune()``. SD-SNN as an NNI pruner: ``SDSNNPruner``.
 """
 try:
     import nni  # noqa: F401
@@ -17,5 +17,6 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from .pruner import SCAPruner
 from .speedup import ModelSpeedup
 from .builtin import NNI_BUILTIN_PRUNERS, NNIBuiltinPruning
+from .sdsnn import SDSNNPruner
 
-__all__ = ["SCAPruner", "ModelSpeedup", "NNIBuiltinPruning", "NNI_BUILTIN_PRUNERS"]
+__all__ = ["SCAPruner", "SDSNNPruner", "ModelSpeedup", "NNIBuiltinPruning", "NNI_BUILTIN_PRUNERS"]
