@@ -58,3 +58,28 @@ def digits_batch():
     x = torch.rand(16, 1, 8, 8, generator=g) * 2
     y = torch.randint(0, 10, (16,), generator=g)
     return x, y
+
+
+def outputs64(model, x):
+    """Eval-mode float64 output of a copy of ``model`` with fresh neuron state."""
+    import copy
+
+    m = copy.deepcopy(model).double().eval()
+    functional.reset_net(m)
+    with torch.no_grad():
+        return m(x.double())
+
+
+def masked_copy(model, masks):
+    """A copy of ``model`` with NNI-style ``{module: {target: mask}}`` multiplied into its parameters."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, targets in masks.items():
+            module = ref.get_submodule(name)
+            for target, mask in targets.items():
+                t = getattr(module, target, None)
+                if mask is not None and t is not None:
+                    t.mul_(mask.to(t.dtype))
+    return ref

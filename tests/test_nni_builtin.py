@@ -1,5 +1,4 @@
 """NNI's built-in pruners on spiking networks (NNIBuiltinPruning) and `sca-prune train --method nni-*`."""
-import copy
 import json
 
 import pytest
@@ -19,28 +18,11 @@ from sca_plugin.nni import NNIBuiltinPruning  # noqa: E402
 from sca_plugin.reporting import model_stats  # noqa: E402
 from sca_plugin.runner import run_training  # noqa: E402
 
-from conftest import assert_unchanged, snapshot  # noqa: E402
+from conftest import assert_unchanged, masked_copy, outputs64, snapshot  # noqa: E402
 
 
 def _x(T=2, B=4, C=1, H=8):
     return torch.rand(T, B, C, H, H, generator=torch.Generator().manual_seed(1))
-
-
-def _outputs64(model, x):
-    m = copy.deepcopy(model).double().eval()
-    functional.reset_net(m)
-    with torch.no_grad():
-        return m(x.double())
-
-
-def _masked_reference(model, masks):
-    ref = copy.deepcopy(model)
-    modules = dict(ref.named_modules())
-    with torch.no_grad():
-        for name, targets in masks.items():
-            for target, keep in targets.items():
-                getattr(modules[name], target).mul_(keep)
-    return ref
 
 
 def _evaluator(model, x, y):
@@ -68,7 +50,7 @@ def test_per_layer_ratio_exact_and_pruned_equals_masked(name, arch):
     pruning = NNIBuiltinPruning(model, x, name, 0.5, ignored_layers=[model.classifier])
     evaluator = _evaluator(model, x, torch.randint(0, 10, (4,))) if name in ("slim", "taylor") else None
     masks = pruning.compute_masks(evaluator, 2)
-    reference = _outputs64(_masked_reference(model, masks), x)
+    reference = outputs64(masked_copy(model, masks), x)
     before = model_stats(model, x)["channels"]
     from sca_plugin.nni import ModelSpeedup
 
@@ -79,7 +61,7 @@ def test_per_layer_ratio_exact_and_pruned_equals_masked(name, arch):
     for g in pruning.groups:  # every group keeps exactly half of its channels, all its layers alike
         kept = {after[n] for n in g.convs}
         assert kept == {g.size // 2}, (sorted(g.convs), kept, {n: before[n] for n in g.convs})
-    torch.testing.assert_close(_outputs64(model, x), reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(outputs64(model, x), reference, atol=1e-5, rtol=0)
 
 
 def test_l1norm_removes_exactly_the_lowest_norm_filters_and_couples_residual_layers():

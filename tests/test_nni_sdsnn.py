@@ -12,7 +12,7 @@ import nni  # noqa: E402
 from nni.compression import TorchEvaluator  # noqa: E402
 from spikingjelly.activation_based import functional  # noqa: E402
 
-from conftest import assert_unchanged, outputs, snapshot  # noqa: E402
+from conftest import assert_unchanged, masked_copy, outputs, outputs64, snapshot  # noqa: E402
 from sca_plugin import SDSNNPruner as CoreSDSNN  # noqa: E402
 from sca_plugin.models import digits_cnn  # noqa: E402
 from sca_plugin.nni import ModelSpeedup, SDSNNPruner  # noqa: E402
@@ -69,14 +69,7 @@ def test_nni_sdsnn_equals_the_core_and_speeds_up_exactly():
     assert all(torch.equal(a, b) for a, b in zip(pruner.core.masks, core.masks))
     assert pruner.core.sparsity() > 0
     pruner.unwrap_model()
-    masked = copy.deepcopy(model)
-    modules = dict(masked.named_modules())
-    with torch.no_grad():
-        for name, targets in masks.items():
-            for target, keep in targets.items():
-                if getattr(modules[name], target, None) is not None and keep is not None:
-                    getattr(modules[name], target).mul_(keep)
-    reference = outputs(masked.double(), x.double())
+    reference = outputs64(masked_copy(model, masks), x)
     ModelSpeedup(model, x, masks).speedup_model()
     core.finalize()
     assert [m.out_channels for m in model.features if hasattr(m, "out_channels")] == \

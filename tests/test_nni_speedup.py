@@ -1,5 +1,4 @@
 """sca_plugin.nni.ModelSpeedup: NNI masks -> physical channel removal, exact."""
-import copy
 import warnings
 
 import pytest
@@ -15,6 +14,8 @@ from sca_plugin.nni import ModelSpeedup
 pytest.importorskip("nni")
 import nni  # noqa: E402
 from nni.compression import TorchEvaluator  # noqa: E402
+
+from conftest import masked_copy, outputs64  # noqa: E402
 from nni.compression.pruning import FPGMPruner, L1NormPruner, L2NormPruner, SlimPruner, TaylorPruner  # noqa: E402
 
 CONV_CONFIG = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}]
@@ -34,37 +35,19 @@ def _randomize_bn(model, seed=0):
     return model
 
 
-def _outputs64(model, x):
-    m = copy.deepcopy(model).double().eval()
-    functional.reset_net(m)
-    with torch.no_grad():
-        return m(x.double())
-
-
-def _masked(model, masks):
-    ref = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, targets in masks.items():
-            module = ref.get_submodule(name)
-            for target, mask in targets.items():
-                if mask is not None:
-                    getattr(module, target).mul_(mask.to(getattr(module, target).dtype))
-    return ref
-
-
 def _nparams(model):
     return sum(p.numel() for p in model.parameters())
 
 
 def _check_exact(model, masks, inputs, **kwargs):
     """Speed up ``model``; the result must equal the masked model on every input (float64)."""
-    ref = _masked(model, masks)
-    expected = [_outputs64(ref, x) for x in inputs]
+    ref = masked_copy(model, masks)
+    expected = [outputs64(ref, x) for x in inputs]
     n_before = _nparams(model)
     speedup = ModelSpeedup(model, inputs[0], masks, **kwargs)
     assert speedup.speedup_model() is model
     for x, e in zip(inputs, expected):
-        torch.testing.assert_close(_outputs64(model, x), e, atol=1e-5, rtol=0)
+        torch.testing.assert_close(outputs64(model, x), e, atol=1e-5, rtol=0)
     return speedup, n_before, _nparams(model)
 
 
@@ -110,14 +93,14 @@ def test_lif_masked_classifier_and_masks_file(tmp_path):
         ModelSpeedup(model, _inputs()[0], tmp_path / "nni.pth")
     torch.save({k: dict(v) for k, v in masks.items()}, tmp_path / "masks.pth")
     xs = _inputs()
-    expected = [_outputs64(_masked(model, masks), x) for x in xs]
+    expected = [outputs64(masked_copy(model, masks), x) for x in xs]
     before = _nparams(model)
     speedup = ModelSpeedup(model, xs[0], str(tmp_path / "masks.pth"))  # NNI also takes a masks file
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         speedup.speedup_model()
     for x, e in zip(xs, expected):
-        torch.testing.assert_close(_outputs64(model, x), e, atol=1e-5, rtol=0)
+        torch.testing.assert_close(outputs64(model, x), e, atol=1e-5, rtol=0)
     after = _nparams(model)
     assert after < before
     # the classifier's rows are the model output: masked, never removed
