@@ -148,6 +148,9 @@ class SCAPruner(SpikingMetaPruner):
         self.finalized = False
         self._growth = GradientMagnitudes()
         self._mask_targets = [mask_targets(self.DG, group, self.module_names) for _, group in self.groups]
+        # what the graph was traced on: a layer replaced or resized later invalidates the groups
+        self._traced = {self.module_names[m]: (m, _param_shapes(m)) for m in self.DG.module2node
+                        if m in self.module_names and m is not model}
         self._masker = ChannelMasker()
         self._grad_hooks: List = []
         self._install()
@@ -278,6 +281,7 @@ class SCAPruner(SpikingMetaPruner):
         the previous update. Returns the :class:`~sca_plugin.selection.Selection`."""
         if self.finalized:
             raise RuntimeError("update_masks() after finalize(): the masked channels are already removed")
+        self.check_model_unchanged()
         if isinstance(self.importance, SCAImportance):
             missing = [self.module_names[root] for root, group in self.groups if not self.importance.has_statistics(group)]
             if missing:
@@ -326,6 +330,24 @@ class SCAPruner(SpikingMetaPruner):
         self._growth.clear()
         return selection
 
+    def check_model_unchanged(self) -> None:
+        """Raise if a layer the dependency graph was traced on has been replaced, removed or
+        resized since the pruner was built (its groups and masks would no longer fit)."""
+        if self.finalized:
+            return
+        for name, (module, shapes) in self._traced.items():
+            try:
+                now = self.model.get_submodule(name)
+            except AttributeError:
+                now = None
+            if now is not module:
+                raise RuntimeError(f"the model changed after the pruner was built: {name} was replaced or removed; "
+                                   "build a new pruner for the changed model (its state cannot carry over)")
+            if _param_shapes(module) != shapes:
+                raise RuntimeError(f"the model changed after the pruner was built: the parameters of {name} now have "
+                                   f"shapes {_param_shapes(module)} instead of {shapes}; build a new pruner for the "
+                                   "changed model")
+
     # ------------------------------------------------------------------ queries
     def group_names(self) -> List[str]:
         return [self.module_names[root] for root, _ in self.groups]
@@ -361,6 +383,7 @@ class SCAPruner(SpikingMetaPruner):
             raise RuntimeError("finalize() was already called: the masked channels are removed")
         if self.masks[0] is None:
             raise RuntimeError("finalize() before any mask exists: call update_masks() at least once")
+        self.check_model_unchanged()
         model = self.model
         inputs = self.example_inputs if example_inputs is None else example_inputs
         self._param_names = {id(p): n for n, p in model.named_parameters()}
@@ -469,6 +492,11 @@ class SCAPruner(SpikingMetaPruner):
         if isinstance(self.importance, SCAImportance):
             self.importance.recorder.load_state_dict(state["activity"], modules, device)
         self._growth.load_state_dict(state["growth"], modules, device)
+
+
+def _param_shapes(module: nn.Module) -> Dict[str, tuple]:
+    # by leaf name: a framework that re-hosts the parameters in a child (NNI's wrapper) changes nothing
+    return {n.rsplit(".", 1)[-1]: tuple(p.shape) for n, p in module.named_parameters()}
 
 
 def _out_channels(module: nn.Module) -> int:

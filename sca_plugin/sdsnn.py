@@ -258,6 +258,7 @@ class SDSNNPruner(SCAPruner):
         constraint, then (from ``prune_start``) regeneration, pruning and the rate update."""
         if self.finalized:
             raise RuntimeError("update_masks() after finalize(): the masked channels are already removed")
+        self.check_model_unchanged()
         e = self.num_updates
         regrown = pruned = 0
         if e == 0:
