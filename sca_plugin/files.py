@@ -8,7 +8,7 @@ from typing import Any, Union
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_save"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_save", "keep_previous"]
 
 PathLike = Union[str, Path]
 
@@ -22,14 +22,36 @@ def atomic_write_bytes(data: bytes, path: PathLike) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
     try:
-        fd = os.open(path.parent, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def keep_previous(path: PathLike, previous: PathLike) -> None:
+    """Make ``previous`` the current content of ``path`` (a hard link, or a copy where links are not
+    possible), atomically: before ``path`` is overwritten, its last good version stays available."""
+    path, previous = Path(path), Path(previous)
+    if not path.is_file():
+        return
+    tmp = previous.with_name(previous.name + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(path, tmp)
+    except OSError:
+        atomic_write_bytes(path.read_bytes(), previous)
+        return
+    os.replace(tmp, previous)
+    _fsync_dir(previous.parent)
 
 
 def atomic_write_text(text: str, path: PathLike) -> None:

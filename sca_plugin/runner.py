@@ -23,7 +23,7 @@ import torch_pruning as tp
 from spikingjelly.activation_based import functional
 
 from .config import NNI_METHODS, ConfigError, TrainConfig
-from .files import atomic_save, atomic_write_text
+from .files import atomic_save, atomic_write_text, keep_previous
 from .graph import replay_pruning
 from .importance import SCAImportance
 from .pruner import SCAPruner
@@ -32,6 +32,7 @@ from .reporting import model_stats, pruning_report
 __all__ = ["RunError", "run_training", "build_model", "load_finalized_model"]
 
 CHECKPOINT, METRICS, MODEL, MODEL_STATE = "checkpoint.pt", "metrics.json", "model.pt", "model_state.pth"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the checkpoint of the epoch before, kept until the next one is written
 BASELINE = "dense_baseline.json"
 # settings that may differ between an interrupted run and its resumption
 _RESUME_FREE = {"resume", "progress", "tensorboard", "device", "output_dir"}
@@ -248,23 +249,41 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 def _check_output_dir(cfg: TrainConfig, out: Path) -> Optional[dict]:
     ck_path = out / CHECKPOINT
     if cfg.resume:
+        previous = _previous_checkpoint_hint(out)
         if not ck_path.is_file():
-            raise RunError(f"--resume: {ck_path} does not exist; start the run without --resume")
+            raise RunError(f"--resume: {ck_path} does not exist; {previous or 'start the run without --resume'}")
         try:
             ck = torch.load(ck_path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise RunError(f"--resume: {ck_path} is unreadable or truncated ({type(e).__name__}); "
-                           "start a new run in another --output-dir") from e
+                           f"{previous or 'start a new run in another --output-dir'}") from e
         saved = {k: v for k, v in ck.get("config", {}).items() if k not in _RESUME_FREE}
+        try:  # settings added since the checkpoint was written count with their defaults
+            saved = {k: v for k, v in TrainConfig.from_dict(saved).to_dict().items() if k not in _RESUME_FREE}
+        except ConfigError:
+            pass
         now = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
         diff = sorted(k for k in now if saved.get(k) != now[k])
         if diff:
             raise RunError(f"--resume: the checkpoint was made with other settings ({', '.join(diff)}); "
                            "resume with the same settings")
         return ck
-    if (out / METRICS).exists() or ck_path.exists():
+    if (out / METRICS).exists() or ck_path.exists() or (out / PREVIOUS_CHECKPOINT).exists():
         raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --output-dir")
     return None
+
+
+def _previous_checkpoint_hint(out: Path) -> Optional[str]:
+    """How to resume from the kept previous checkpoint, if it is intact."""
+    prev = out / PREVIOUS_CHECKPOINT
+    if not prev.is_file():
+        return None
+    try:
+        epoch = torch.load(prev, map_location="cpu", weights_only=True)["epoch"]
+    except Exception:
+        return None
+    return (f"the previous checkpoint {prev} (after epoch {epoch}) is intact: move it to {out / CHECKPOINT} "
+            "to resume from it (the result is the same, one epoch is redone)")
 
 
 def run_training(cfg: TrainConfig, log: Callable[[str], None] = print,
@@ -321,6 +340,7 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print,
         f"output {out}")
 
     def save_checkpoint(epoch: int, optimizer, scheduler) -> None:
+        keep_previous(out / CHECKPOINT, out / PREVIOUS_CHECKPOINT)
         atomic_save({"config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "pruner": pruner.state_dict() if pruner is not None else None,
