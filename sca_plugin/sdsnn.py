@@ -242,7 +242,8 @@ class SDSNNPruner(SCAPruner):
 
     def regeneration_percentile(self, epoch: int, fc: bool = False) -> float:
         q0 = self.regen_fc_percentile if fc else self.regen_percentile
-        return min(q0 + 1.1 ** ((epoch - self.prune_start) * self._scale()), self.regen_cap)
+        t = min((epoch - self.prune_start) * self._scale(), 100.0)  # 1.1^100 > 100 already; avoids overflow
+        return min(q0 + 1.1 ** t, self.regen_cap)
 
     def _rate_increment(self, epoch: int, fc: bool, alive: float, alive_next: float) -> float:
         t = (epoch - self.prune_start) * self._scale()  # epochs since pruning began, in public-code epochs

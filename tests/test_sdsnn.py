@@ -117,6 +117,7 @@ def test_regeneration_restores_a_kernel_after_more_than_N_epochs_above_the_perce
     assert pruner.history[-1]["regrown"] >= 1
     q = pruner.regeneration_percentile(6)
     assert q == pytest.approx(min(65 + 1.1 ** ((6 - 3) * 18), 99))
+    assert pruner.regeneration_percentile(10_000) == 99.0  # long runs: no overflow (found by the soak test)
 
 
 def test_structure_settles_and_masked_equals_finalized():
