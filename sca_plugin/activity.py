@@ -93,6 +93,23 @@ class MembraneActivityRecorder:
         self._handles.clear()
         self.model = None
 
+    def synchronize(self, order) -> None:
+        """Sum the statistics over all torch.distributed processes (DDP: every process then scores
+        the channels on the global batch). ``order``: the recorded modules in one fixed order."""
+        from .distributed import all_reduce_sum_, world_size
+
+        if world_size() == 1:
+            return
+        modules = [m for m in order if m in self.sums]
+        for m in modules:
+            all_reduce_sum_(self.sums[m])
+        if modules:
+            counts = torch.tensor([float(self.counts[m]) for m in modules], dtype=torch.float64,
+                                  device=self.sums[modules[0]].device)
+            all_reduce_sum_(counts)
+            for m, c in zip(modules, counts.tolist()):
+                self.counts[m] = int(c)
+
     def reset(self) -> None:
         """Forget the statistics (called after every mask update)."""
         self.sums.clear()

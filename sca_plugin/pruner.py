@@ -21,6 +21,7 @@ from .importance import SCAImportance, group_channel_mean, group_members
 from .masking import ChannelMasker, mask_targets
 from .regrowth import GradientMagnitudes
 from .rollback import ModuleSnapshot, float_dtypes, restore_dtypes, to_double
+from .distributed import broadcast_
 from .neurons import is_spiking_neuron
 from .optim import rebuild_optimizer
 from .schedule import REGROW_DECAYS, SCHEDULES, regrow_at, sparsity_at
@@ -283,6 +284,8 @@ class SCAPruner(SpikingMetaPruner):
             raise RuntimeError("update_masks() after finalize(): the masked channels are already removed")
         self.check_model_unchanged()
         if isinstance(self.importance, SCAImportance):
+            # DDP: score on the statistics of all processes (the recorder's modules in model order)
+            self.importance.recorder.synchronize(list(self.module_names))
             missing = [self.module_names[root] for root, group in self.groups if not self.importance.has_statistics(group)]
             if missing:
                 raise RuntimeError(
@@ -312,8 +315,8 @@ class SCAPruner(SpikingMetaPruner):
         selection = select_channels(scores, growth, previous, sparsity, regrow, self.global_pruning,
                                     self.min_channels, self.round_to, self.mode)
         for i, keep in enumerate(selection.keep):
-            self.masks[i] = keep
-            self._apply_mask(i, keep)
+            self.masks[i] = broadcast_(keep.clone())  # DDP: every process applies rank 0's masks
+            self._apply_mask(i, self.masks[i])
         self.history.append({
             "update": self.num_updates,
             "step": self.num_steps,

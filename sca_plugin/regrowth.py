@@ -6,11 +6,16 @@ from typing import Callable, Dict
 import torch
 import torch.nn as nn
 
+from .distributed import all_reduce_sum_, world_size
+
 __all__ = ["GradientMagnitudes"]
 
 
 class GradientMagnitudes:
-    """Running mean of ``|grad|`` per BatchNorm, fed by gradient hooks on the scale parameters."""
+    """Running mean of ``|grad|`` per BatchNorm, fed by gradient hooks on the scale parameters.
+
+    Under torch.distributed the hook averages the gradient over the processes first, so every
+    process accumulates the gradient of the global batch (what a single process would see)."""
 
     def __init__(self) -> None:
         self.sums: Dict[nn.Module, torch.Tensor] = {}
@@ -19,7 +24,10 @@ class GradientMagnitudes:
     def hook_for(self, bn: nn.Module) -> Callable[[torch.Tensor], None]:
         """A tensor hook adding one step's ``|grad|`` of ``bn``'s scale."""
         def hook(grad: torch.Tensor) -> None:
-            g = grad.detach().abs().float()
+            g = grad.detach().float()
+            if world_size() > 1:  # DDP: the gradient of the global batch (the average DDP applies), not the local one
+                g = all_reduce_sum_(g.clone()) / world_size()
+            g = g.abs()
             if bn in self.sums:
                 self.sums[bn] += g
                 self.counts[bn] += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import random
 import sys
 import time
@@ -23,6 +24,7 @@ import torch_pruning as tp
 from spikingjelly.activation_based import functional
 
 from .config import NNI_METHODS, ConfigError, TrainConfig
+from .distributed import rank, world_size
 from .files import atomic_save, atomic_write_text, keep_previous
 from .graph import replay_pruning
 from .importance import SCAImportance
@@ -288,15 +290,59 @@ def _previous_checkpoint_hint(out: Path) -> Optional[str]:
 
 def run_training(cfg: TrainConfig, log: Callable[[str], None] = print,
                  on_epoch_end: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
-    """Train (and prune) as ``cfg`` says; returns the metrics also written to ``metrics.json``."""
-    from .datasets import load_dataset
+    """Train (and prune) as ``cfg`` says; returns the metrics also written to ``metrics.json``.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on its share of each global batch
+    (``batch_size`` is the global batch) through ``DistributedDataParallel``; the pruners sum their
+    statistics over the processes, so all get the same masks; only rank 0 writes files and returns
+    the metrics (the others return ``{}``)."""
     start = time.time()
     out = Path(cfg.output_dir or cfg.default_output_dir())
     checkpoint = _check_output_dir(cfg, out)
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda but no CUDA device is available; use --device cpu")
+    created_group, backend = _init_distributed(cfg)
+    if world_size() > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if rank() > 0:
+        log = _silent  # one process reports
+    try:
+        metrics = _run(cfg, out, checkpoint, device, start, log, on_epoch_end, backend)
+    finally:
+        if created_group:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+    return metrics
+
+
+def _silent(*_: Any) -> None:
+    pass
+
+
+def _init_distributed(cfg: TrainConfig):
+    """Join the process group torchrun describes (WORLD_SIZE > 1); (created here, backend)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return False, dist.get_backend()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False, None
+    world = int(os.environ["WORLD_SIZE"])
+    if cfg.batch_size % world:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over the "
+                          f"{world} processes; use a multiple of {world}")
+    backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend)
+    return True, backend
+
+
+def _run(cfg, out, checkpoint, device, start, log, on_epoch_end, backend) -> Dict[str, Any]:
+    from .datasets import load_dataset
 
     splits = load_dataset(cfg.dataset, data_root=cfg.data_root, time_steps=cfg.time_steps, seed=cfg.seed,
                           train_limit=cfg.train_limit, test_limit=cfg.test_limit)
@@ -340,6 +386,8 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print,
         f"output {out}")
 
     def save_checkpoint(epoch: int, optimizer, scheduler) -> None:
+        if rank() > 0:
+            return
         keep_previous(out / CHECKPOINT, out / PREVIOUS_CHECKPOINT)
         atomic_save({"config": cfg.to_dict(), "epoch": epoch, "model": model.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -353,8 +401,11 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print,
                 first_epoch, epochs_log, log, writer, save_checkpoint, oneshot=oneshot)
     if writer is not None:
         writer.close()
-    return _finish(cfg, out, model, pruner, splits, example, test_loader, device, before, baseline, epochs_log,
-                   start, log, oneshot)
+    if rank() > 0:
+        return {}
+    metrics = _finish(cfg, out, model, pruner, splits, example, test_loader, device, before, baseline, epochs_log,
+                      start, log, oneshot, backend)
+    return metrics
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module):
@@ -373,14 +424,16 @@ def _scheduler(cfg: TrainConfig, optimizer):
 
 def _train_loop(cfg, model, pruner, optimizer, scheduler, train_loader, test_loader, kind, device, first_epoch,
                 epochs_log, log, writer=None, after_epoch=None, tag="", oneshot=None) -> None:
+    net = _ddp(model, device)
     for epoch in range(first_epoch, cfg.epochs):
         updating = pruner is not None and _updates_in_epoch(cfg, epoch)
-        loss = _train_epoch(model, train_loader, kind, optimizer, pruner, device, cfg, updating, epoch)
+        loss = _train_epoch(model, train_loader, kind, optimizer, pruner, device, cfg, updating, epoch, net)
         scheduler.step()
         if updating and cfg.update_interval is None:
             pruner.update_masks()
         if oneshot is not None and _updates_in_epoch(cfg, epoch):
             optimizer, scheduler = oneshot(epoch + 1, optimizer, scheduler)
+            net = _ddp(model, device)  # the pruned model has new parameters
             log(f"{tag}{cfg.method}: pruned once after epoch {epoch + 1} and removed the channels "
                 f"({sum(len(v) for v in oneshot.record['removed_channels'].values())} removed)")
         acc = _evaluate(model, test_loader, kind, device)
@@ -420,15 +473,30 @@ def _dense_baseline(cfg, out, splits, train_loader, test_loader, example, device
     spiking = _spiking_metrics()(model, (_time_major(x.to(device), splits.kind) for x, _ in test_loader), max_batches=4)
     result = {"accuracy": _evaluate(model, test_loader, splits.kind, device), "synops": spiking["synops"],
               "activation_sparsity": spiking.get("activation_sparsity"), "energy": spiking.get("energy")}
-    atomic_write_text(json.dumps(result, indent=2), path)
+    if rank() == 0:
+        atomic_write_text(json.dumps(result, indent=2), path)
     return result
 
 
-def _train_epoch(model, loader, kind, optimizer, pruner, device, cfg, updating, epoch) -> float:
+def _ddp(model: nn.Module, device) -> nn.Module:
+    """The module the training forward goes through: DDP over ``model`` in a process group."""
+    if world_size() == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _shard(t: torch.Tensor) -> torch.Tensor:
+    """This process's share of a global batch (dim 0)."""
+    return t if world_size() == 1 else torch.tensor_split(t, world_size())[rank()]
+
+
+def _train_epoch(model, loader, kind, optimizer, pruner, device, cfg, updating, epoch, net=None) -> float:
+    net = model if net is None else net
     model.train()
     total = n = 0
     bar = None
-    if cfg.progress:
+    if cfg.progress and rank() == 0:
         from tqdm.auto import tqdm
 
         # updated by hand rather than wrapping the loader: a wrapper keeps the previous batch alive,
@@ -436,8 +504,8 @@ def _train_epoch(model, loader, kind, optimizer, pruner, device, cfg, updating, 
         # different numbers
         bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, file=sys.stderr)
     for x, y in loader:
-        x, y = _time_major(x.to(device), kind), y.to(device)
-        loss = F.cross_entropy(model(x), y)
+        x, y = _time_major(_shard(x).to(device), kind), _shard(y).to(device)
+        loss = F.cross_entropy(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if pruner is not None:
@@ -464,7 +532,7 @@ def _tensorboard(out: Path):
 
 
 def _finish(cfg, out, model, pruner, splits, example, test_loader, device, before, baseline, epochs_log, start, log,
-            oneshot=None):
+            oneshot=None, backend=None):
     pruned = pruner is not None or oneshot is not None
     metrics_fn = _spiking_metrics()
     accuracy: Dict[str, Optional[float]] = {"dense": baseline["accuracy"] if baseline else None, "masked": None}
@@ -505,6 +573,7 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
         "epochs_log": epochs_log,
         "config": cfg.to_dict(),
         "device": str(device),
+        "distributed": {"world_size": world_size(), "backend": backend} if world_size() > 1 else None,
         "wall_time_s": time.time() - start,
     }
     atomic_save(model, out / MODEL)

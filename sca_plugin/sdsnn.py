@@ -50,6 +50,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
 
+from .distributed import broadcast_
 from .masking import group_producers
 from .pruner import SCAPruner
 
@@ -279,8 +280,8 @@ class SDSNNPruner(SCAPruner):
                 pruned = self._prune(e)
                 self._zero_masked_synapses()
         for i, keep in enumerate(self._channel_keep()):
-            self.masks[i] = keep
-            self._apply_mask(i, keep)
+            self.masks[i] = broadcast_(keep.clone())  # DDP: identical weights give identical masks; made sure
+            self._apply_mask(i, self.masks[i])
         self.history.append({
             "update": e, "step": self.num_steps, "sparsity": self.sparsity(),
             "channels": {self.module_names[root]: int(keep.sum()) for (root, _), keep in zip(self.groups, self.masks)},
