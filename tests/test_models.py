@@ -36,6 +36,7 @@ CONFIGS: Dict[str, Tuple[dict, Tuple[int, int, int]]] = {
     "sew_resnet": ({}, (3, 16, 16)),
     "dvs_net": ({"input_size": 32}, (2, 32, 32)),
     "digits_cnn": ({}, (1, 8, 8)),
+    "sdsnn_mnist_net": ({"input_size": 16}, (1, 16, 16)),
 }
 
 
@@ -71,6 +72,8 @@ def excite(model: nn.Module) -> None:
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 2.0 / m.in_features ** 0.5)
                 if m.bias is not None and m is not getattr(model, "classifier", None):
                     m.bias.copy_(torch.rand(m.bias.shape, generator=g) + 1.0)  # hidden fc of ResNet-19
+            elif isinstance(m, nn.Conv2d) and m.bias is not None:  # convs without BatchNorm (sdsnn_mnist_net)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) + 0.5)
 
 
 def test_registry_contents():
