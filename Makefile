@@ -26,10 +26,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# quick benchmark subset (training overhead, inference speed-up); full runs: drop --quick
+# quick benchmark subset (training overhead, inference speed-up, a CI-sized quality sweep); full runs:
+# drop --quick, and benchmarks/configs/quality_*.yaml for the quality tables
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py --quick --out runs/bench
 	$(PY) benchmarks/inference.py --quick --out runs/bench
+	$(PY) benchmarks/quality.py --config benchmarks/configs/quality_ci.yaml --out runs/bench/quality_ci --runs-dir runs/bench/quality_ci_runs
 
 # optional: Fashion-MNIST from Debian (needs root and apt); sca-prune also takes --data-root
 data:
