@@ -28,6 +28,7 @@ from .distributed import rank, world_size
 from .files import atomic_save, atomic_write_text, keep_previous
 from .graph import replay_pruning
 from .importance import SCAImportance
+from .optim import rebuild_optimizer
 from .pruner import SCAPruner
 from .reporting import model_stats, pruning_report
 
@@ -140,11 +141,8 @@ class _NNIOneShot:
                                     ignored_layers=[_classifier(model)], global_ranking=cfg.effective_global_pruning)
         evaluator = self._evaluator(optimizer) if name in ("slim", "taylor") else None
         names_before = {id(p): n for n, p in model.named_parameters()}
-        from .nni.speedup import ModelSpeedup
-
-        masks = pruning.compute_masks(evaluator, cfg.nni_training_steps)
-        speedup = ModelSpeedup(model, self.example, masks)
-        speedup.speedup_model()
+        pruning.prune(evaluator, cfg.nni_training_steps)
+        speedup = pruning.speedup
         functional.reset_net(model)
         self.record = {"epoch": epoch, "pruner": name, "config_list": pruning.config_list,
                        "training_steps": cfg.nni_training_steps if evaluator is not None else 0,
@@ -152,7 +150,7 @@ class _NNIOneShot:
                        "sparsity": sum(len(v) for v in speedup.removed_channels.values())
                        / sum(g.size for g in pruning.groups),
                        "kept_candidates": speedup.kept_candidates}
-        new_optimizer = _rebuild_optimizer(optimizer, model, names_before)
+        new_optimizer = rebuild_optimizer(optimizer, model, names_before)
         new_scheduler = _scheduler(cfg, new_optimizer)
         new_scheduler.load_state_dict(scheduler.state_dict())
         return new_optimizer, new_scheduler
@@ -190,12 +188,6 @@ class _NNIOneShot:
         if self.record is None:
             return []
         return [[root, True, idxs] for root, idxs in self.record["removed_channels"].items()]
-
-
-def _rebuild_optimizer(optimizer, model, names_before):
-    from .optim import rebuild_optimizer
-
-    return rebuild_optimizer(optimizer, model, names_before)
 
 
 def _updates_in_epoch(cfg: TrainConfig, epoch: int) -> bool:

@@ -88,6 +88,7 @@ class NNIBuiltinPruning:
         self.groups = self._groups(list(ignored_layers))
         self.config_list = self._config_list()
         self.masks: Optional[Dict[str, Dict[str, torch.Tensor]]] = None
+        self.speedup = None
 
     # ------------------------------------------------------------------ groups and config
     def _groups(self, ignored: List[nn.Module]) -> List[_Group]:
@@ -170,10 +171,12 @@ class NNIBuiltinPruning:
     def prune(self, evaluator=None, training_steps: Optional[int] = None) -> Dict[str, Dict[str, torch.Tensor]]:
         """:meth:`compute_masks`, then remove the masked channels physically (float64-checked, rolled
         back on failure); returns the masks (also in :attr:`masks`, e.g. to rebuild the structure
-        with ``ModelSpeedup(fresh_model, example_inputs, masks).speedup_model()``)."""
+        with ``ModelSpeedup(fresh_model, example_inputs, masks).speedup_model()``). The speed-up
+        (its ``removed_channels`` and ``kept_candidates``) is kept in :attr:`speedup`."""
         from .speedup import ModelSpeedup
 
         masks = self.compute_masks(evaluator, training_steps)
-        ModelSpeedup(self.model, self.example_inputs, masks, forward_fn=self.forward_fn).speedup_model()
-        self.masks = masks
+        speedup = ModelSpeedup(self.model, self.example_inputs, masks, forward_fn=self.forward_fn)
+        speedup.speedup_model()
+        self.masks, self.speedup = masks, speedup
         return masks
