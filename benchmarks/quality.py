@@ -44,7 +44,11 @@ from sca_plugin.config import EMERGENT_SPARSITY, METHODS, ConfigError, TrainConf
 
 SHARED_KEYS = ("dataset", "model", "width", "time_steps", "epochs", "batch_size", "lr", "train_limit", "test_limit")
 REQUIRED_KEYS = ("dataset", "model", "seeds", "methods")
-ALL_KEYS = set(SHARED_KEYS) | {"seeds", "ratios", "methods", "overrides", "variants", "train", "name"}
+ALL_KEYS = set(SHARED_KEYS) | {"seeds", "ratios", "methods", "overrides", "variants", "train", "name", "paired_with"}
+#: rows that are built-in pruners of Torch-Pruning or NNI (for "the best built-in" of a ratio)
+BUILTIN_METHODS = ("l1", "l2", "bnscale", "taylor", "lamp", "random", "nni-l1norm", "nni-fpgm", "nni-slim", "nni-taylor")
+#: classes of the datasets, for the collapse check of runs made before metrics.json recorded it
+_NUM_CLASSES = {"cifar100": 100, "dvs-gesture": 11}
 # settings the harness controls itself; a config may not set them
 HARNESS_FIELDS = {"method", "pruning_ratio", "seed", "output_dir", "resume", "progress", "dense_baseline"}
 # fields that may differ between a finished run's config and the requested one
@@ -136,10 +140,38 @@ def _comparable(d: Dict[str, Any]) -> Dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # the sweep
 # --------------------------------------------------------------------------------------------------
-def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print) -> Dict[str, Any]:
-    """Train every planned run whose metrics.json does not exist yet; returns metrics per run name
-    and what was trained / reused."""
+def _init_worker(threads: int, parent: Optional[int] = None) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    if parent is not None:  # a worker must not outlive its sweep (it would go on writing runs nobody collects)
+        import os
+        import threading
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(2)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+
+def _train_one(cfg: TrainConfig) -> Dict[str, Any]:
     from sca_plugin.runner import run_training
+
+    t0 = time.time()
+    m = run_training(cfg, log=lambda s: None)
+    m["_harness_s"] = time.time() - t0
+    return m
+
+
+def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, workers: int = 1,
+              threads: Optional[int] = None, train: bool = True) -> Dict[str, Any]:
+    """Train every planned run whose metrics.json does not exist yet; returns metrics per run name
+    and what was trained / reused / missing. ``workers`` > 1 trains that many runs at once, in
+    separate processes with ``threads`` torch threads each (small spiking nets use 2 cores better
+    as 2 single-threaded runs than as one 2-threaded run); ``train=False`` only collects the
+    finished runs (a sweep spanning several sittings: summarise what is done so far)."""
 
     # check first, train later: a stale or half-finished folder stops the sweep before any work
     for item in plan:
@@ -161,24 +193,49 @@ def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print) ->
                               "(or delete that folder to start it over)")
 
     results: Dict[str, Dict[str, Any]] = {}
-    trained, reused = [], []
+    trained, reused, missing, todo = [], [], [], []
     for i, item in enumerate(plan, 1):
         cfg: TrainConfig = item["config"]
         out = Path(cfg.output_dir)
         if (out / "metrics.json").is_file():
             results[item["name"]] = json.loads((out / "metrics.json").read_text())
             reused.append(item["name"])
-            log(f"[{i}/{len(plan)}] {item['name']}: finished before, not retrained")
+            continue
+        if not train:
+            missing.append(item["name"])
             continue
         if resume and (out / "checkpoint.pt").is_file():
             cfg.resume = True
-        t0 = time.time()
-        m = run_training(cfg, log=lambda s: None)
+        todo.append(item)
+    # seed-major: a sweep cut off by the end of a sitting leaves every row with the same seeds done
+    rank = {row: i for i, row in enumerate(dict.fromkeys(it["row"] for it in plan))}
+    todo.sort(key=lambda it: (it["seed"], it["ratio"], rank[it["row"]]))
+    log(f"{len(reused)} runs finished before (not retrained), {len(todo)} to train"
+        + (f", {len(missing)} not finished yet" if missing else ""))
+
+    def done(item, m, k):
         results[item["name"]] = m
         trained.append(item["name"])
-        log(f"[{i}/{len(plan)}] {item['name']}: accuracy {100 * m['accuracy']['final']:.2f}%, "
-            f"{m['parameters']['after']:,} parameters ({time.time() - t0:.1f} s)")
-    return {"metrics": results, "trained": trained, "reused": reused}
+        flag = " COLLAPSED" if (m.get("collapse") or {}).get("collapsed") else ""
+        log(f"[{k}/{len(todo)}] {item['name']}: accuracy {100 * m['accuracy']['final']:.2f}%{flag}, "
+            f"{m['parameters']['after']:,} parameters ({m.pop('_harness_s', 0.0):.1f} s)")
+
+    if workers <= 1:
+        if threads:
+            _init_worker(threads)
+        for k, item in enumerate(todo, 1):
+            done(item, _train_one(item["config"]), k)
+    elif todo:
+        import multiprocessing as mp
+        import os
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(threads or 1, os.getpid())) as pool:
+            futures = {pool.submit(_train_one, item["config"]): item for item in todo}
+            for k, fut in enumerate(as_completed(futures), 1):
+                done(futures[fut], fut.result(), k)
+    return {"metrics": results, "trained": trained, "reused": reused, "missing": missing}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,8 +298,66 @@ def summarize_runs(metrics: Dict[str, Dict[str, Any]], rows: Optional[Dict[str, 
             "channel_sparsity": _mean_std(_channel_sparsity(r) for r in rs)["mean"],
             "connectivity": _mean_std((r.get("connectivity") or {}).get("total") for r in rs)["mean"],
             "wall_time_s_mean": _mean_std(r.get("wall_time_s") for r in rs)["mean"],
+            "base_method": (rs[0].get("config") or {}).get("method", g["method"]),
+            "collapsed_runs": [r["path"] for r in rs if run_collapse(r)["collapsed"]],
         })
     return groups
+
+
+def run_collapse(run: Dict[str, Any]) -> Dict[str, Any]:
+    """The collapse check of one run: recorded in its metrics.json, or computed for older runs."""
+    if run.get("collapse"):
+        return run["collapse"]
+    from sca_plugin.collapse import collapse_check
+
+    log = run.get("epochs_log") or []
+    classes = run.get("num_classes") or _NUM_CLASSES.get(run.get("dataset"), 10)
+    return collapse_check(log[-1]["loss"] if log else None, (run.get("accuracy") or {}).get("final"), classes)
+
+
+def paired_differences(groups: List[Dict[str, Any]], paired_with: Sequence[str] = ()) -> None:
+    """Add to every group, per ratio, the paired (same seeds) difference of its accuracy to the best
+    built-in row (highest mean among :data:`BUILTIN_METHODS`) and to each row in ``paired_with``:
+    mean and 95% t-interval of the per-seed differences, in ``group["paired"][reference]``."""
+    import numpy as np
+    from scipy import stats
+
+    by_ratio: Dict[float, List[Dict[str, Any]]] = {}
+    for g in groups:
+        if not g.get("emergent_sparsity"):
+            by_ratio.setdefault(g["pruning_ratio"], []).append(g)
+    for ratio, gs in by_ratio.items():
+        builtins = [g for g in gs if g["base_method"] in BUILTIN_METHODS and g["accuracy_mean"] is not None]
+        refs = {}
+        if builtins:
+            best = max(builtins, key=lambda g: g["accuracy_mean"])
+            refs["best built-in"] = best
+        for name in paired_with:
+            ref = next((g for g in gs if g["method"] == name), None)
+            if ref is not None:
+                refs[name] = ref
+        for g in gs:
+            g["paired"] = {}
+            for label, ref in refs.items():
+                acc = dict(zip(g["seeds"], g["accuracy_per_seed"]))
+                ref_acc = dict(zip(ref["seeds"], ref["accuracy_per_seed"]))
+                seeds = [s for s in g["seeds"] if s in ref_acc and acc[s] is not None and ref_acc[s] is not None]
+                d = np.array([100 * (acc[s] - ref_acc[s]) for s in seeds])
+                entry = {"row": ref["method"], "n": len(seeds), "mean": float(d.mean()) if len(d) else None,
+                         "ci95": None}
+                if len(d) > 1:
+                    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+                    entry["ci95"] = [entry["mean"] - half, entry["mean"] + half]
+                g["paired"][label] = entry
+
+
+def _paired_text(entry: Optional[Dict[str, Any]], self_row: str) -> str:
+    if not entry or entry["mean"] is None or entry["row"] == self_row:
+        return "–"
+    if entry["ci95"] is None:
+        return f"{entry['mean']:+.2f}"
+    lo, hi = entry["ci95"]
+    return f"{entry['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
 def _count(v: Optional[float]) -> str:
@@ -343,8 +458,20 @@ def table_markdown(groups: List[Dict[str, Any]], cfg: Dict[str, Any], info: Dict
         "seeds, % of dense in parentheses). Activation sparsity: fraction of zero spikes. Channels: mean kept "
         f"channels per layer ({' / '.join(layers)}; dense: {' / '.join(str(v) for v in groups[0]['channels_before'].values()) if groups else ''}).",
         "",
-        "| method | ratio | n | accuracy (%) | Δ vs dense (pt) | parameters | MACs/step | SynOps | act. sparsity | channels |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    references = list(dict.fromkeys(k for g in groups for k in (g.get("paired") or {})))
+    if references:
+        lines += ["Paired differences (accuracy points; same seeds; mean and 95% t-interval of the per-seed "
+                  "differences) to " + ", ".join(f"`{r}`" for r in references) + " (`best built-in`: the Torch-Pruning "
+                  "or NNI row with the highest mean accuracy at that ratio). "
+                  "Collapsed: runs whose final training loss is at or above 0.8 ln(classes) or whose accuracy is "
+                  "within 5 points of chance (`sca_plugin.collapse`); they are counted here and included in the "
+                  "mean, never dropped silently.", ""]
+    lines += [
+        "| method | ratio | n | collapsed | accuracy (%) | Δ vs dense (pt) | "
+        + "".join(f"Δ vs {r} (pt) | " for r in references)
+        + "parameters | MACs/step | SynOps | act. sparsity | channels |",
+        "|---|---|---|---|---|---|" + "---|" * len(references) + "---|---|---|---|---|",
     ]
     for g in groups:
         acc = "–" if g["accuracy_mean"] is None else f"{100 * g['accuracy_mean']:.2f} ± {100 * g['accuracy_std']:.2f}"
@@ -358,8 +485,10 @@ def table_markdown(groups: List[Dict[str, Any]], cfg: Dict[str, Any], info: Dict
         ratio = "–" if g["method"] == "dense" else format(g["pruning_ratio"], "g")
         if g.get("emergent_sparsity") and g["method"] != "dense" and g.get("channel_sparsity") is not None:
             ratio = f"({g['channel_sparsity']:.2f})"
+        paired = "".join(f"{_paired_text((g.get('paired') or {}).get(r), g['method'])} | " for r in references)
         lines.append(f"| {g['method']} | {ratio} | "
-                     f"{g['n']} | {acc} | {delta} | {_rel(g['parameters'], ref('parameters'))} | "
+                     f"{g['n']} | {len(g.get('collapsed_runs') or [])} | {acc} | {delta} | {paired}"
+                     f"{_rel(g['parameters'], ref('parameters'))} | "
                      f"{_rel(g['macs_per_step'], ref('macs_per_step'))} | {_rel(g['synops'], ref('synops'))} | "
                      f"{sp} | {chans} |")
     lines += ["", "Figures: `fig_accuracy_vs_params.png`, `fig_accuracy_vs_synops.png` (log x; error bars: std "
@@ -452,7 +581,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="continue runs that were cut off mid-training from their checkpoint "
                              "(finished runs are always reused)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs trained at once, each in its own process (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default: torch's choice with 1 worker, 1 with several)")
+    parser.add_argument("--no-train", action="store_true",
+                        help="train nothing: summarise the finished runs (a sweep that spans several sittings)")
     args = parser.parse_args(argv)
+    if args.workers < 1 or (args.threads is not None and args.threads < 1):
+        print("quality: error: --workers and --threads must be at least 1", file=sys.stderr)
+        return 2
     start = time.time()
     try:
         cfg = load_bench_config(args.config)
@@ -460,7 +598,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runs_dir = Path(args.runs_dir or REPO_ROOT / "runs" / cfg["name"])
         plan = plan_runs(cfg, runs_dir)
         print(f"quality: {len(plan)} runs into {runs_dir}, results into {out}", flush=True)
-        sweep = run_sweep(plan, resume=args.resume, log=lambda s: print(s, flush=True))
+        sweep = run_sweep(plan, resume=args.resume, log=lambda s: print(s, flush=True), workers=args.workers,
+                          threads=args.threads, train=not args.no_train)
     except ConfigError as e:
         print(f"quality: error: {e}", file=sys.stderr)
         return 2
@@ -473,11 +612,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         info["command"] = "python benchmarks/quality.py " + " ".join(argv)
     rows = {item["name"]: item["row"] for item in plan}
     groups = summarize_runs(sweep["metrics"], rows)
+    paired_differences(groups, cfg.get("paired_with") or [])
     out.mkdir(parents=True, exist_ok=True)
     runs_out = out / "runs"
     runs_out.mkdir(exist_ok=True)
     for item in plan:
         src = Path(item["config"].output_dir) / "metrics.json"
+        if item["name"] not in sweep["metrics"]:
+            continue  # not finished yet (--no-train)
         if src.stat().st_size <= COPY_LIMIT_BYTES:
             shutil.copyfile(src, runs_out / f"{item['name']}.json")
         else:  # keep the copy small: drop the per-update history and the raw scores
@@ -488,7 +630,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "config_file": str(args.config),
         "config": cfg,
         "machine": info,
-        "sweep": {k: sweep[k] for k in ("trained", "reused", "elapsed_s", "run_wall_time_sum_s")},
+        "sweep": {k: sweep[k] for k in ("trained", "reused", "missing", "elapsed_s", "run_wall_time_sum_s")},
         "runs_dir": str(runs_dir),
         "groups": groups,
     }

@@ -9,9 +9,11 @@ Two definitions of activity (``definition``):
 
 ``"spike_plus_v"`` (default, the authors' reference code)
     ``S[t] + |V[t]|`` with ``V`` the post-reset potential SpikingJelly keeps. For hard reset to 0
-    and threshold 1 this is ``|H[t]|`` clipped at the threshold. It reproduces the published
-    numbers and needs nothing but the spikes and the stored potential, so it works for every
-    SpikingJelly neuron.
+    and threshold 1 this is 1 where the pre-reset potential ``H[t] >= 1`` (a spike) and ``|H[t]|``
+    otherwise: bounded above by 1 for firing and positive sub-threshold potentials, but unbounded
+    for strongly negative (inhibited) ones, so a silent, inhibited channel can outscore a firing
+    one. It is what the published numbers were made with and needs nothing but the spikes and
+    the stored potential, so it works for every SpikingJelly neuron.
 ``"membrane_l1"`` (the paper's text)
     ``|H[t]|``, the L1 norm of the pre-reset potential ("degree of polarisation"). The fused
     kernels do not expose ``H``, so it is recomputed with the neuron's charge function from the

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-__all__ = ["METHODS", "NNI_METHODS", "EMERGENT_SPARSITY", "TrainConfig", "ConfigError", "load_config_file"]
+__all__ = ["METHODS", "NNI_METHODS", "EMERGENT_SPARSITY", "DYNAMIC_METHODS", "PRESETS", "TrainConfig", "ConfigError",
+           "load_config_file"]
 
 #: pruning methods: SCA variants, the paper's ablation, and Torch-Pruning's built-in criteria
 METHODS = ("dense", "sca", "sca-prune-only", "random-init", "l1", "l2", "bnscale", "taylor", "lamp", "random",
@@ -16,6 +17,22 @@ METHODS = ("dense", "sca", "sca-prune-only", "random-init", "l1", "l2", "bnscale
 EMERGENT_SPARSITY = ("dense", "sdsnn")
 #: NNI 3.0 built-in pruners: one-shot, then fine-tuning; removed through sca_plugin.nni.ModelSpeedup
 NNI_METHODS = tuple(m for m in METHODS if m.startswith("nni-"))
+#: methods whose masks change during training (unless --oneshot-epoch makes them one-shot)
+DYNAMIC_METHODS = tuple(m for m in METHODS if m not in ("dense", "random-init") + NNI_METHODS)
+
+#: named bundles of settings (``--preset``); flags and config-file keys given explicitly win.
+#: ``paper``: what the SCA reference code (GitHub lyn888/sca, first commit) trains with: SGD lr 0.01,
+#: momentum 0.9, no weight decay, StepLR(100, 0.1), batch 64, IF neurons, L1 3e-5 on conv weights,
+#: global ranking, the mask rebuilt at every epoch including the last (no fixed-mask phase), masked
+#: channels zeroed once per update and reviving in between ("soft"), regrowth by the last batch's
+#: |dL/dgamma|, no per-layer cap. The reference trains 320 epochs (the paper says 300): set
+#: --epochs yourself. The defaults of the flags are the recommended settings (see the README).
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "paper": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "optimizer": "sgd", "lr_schedule": "step",
+              "lr_step_size": 100, "lr_gamma": 0.1, "batch_size": 64, "neuron": "if", "l1": 3e-5,
+              "global_pruning": True, "mode": "rebuild", "masking": "soft", "regrow_signal": "last",
+              "fixed_mask_epochs": 0, "max_pruning_ratio": 1.0, "regrow_decay": "constant"},
+}
 
 
 class ConfigError(ValueError):
@@ -44,13 +61,17 @@ class TrainConfig:
     sdsnn_regen_cap: float = field(default=99.0, metadata={"help": "sdsnn: final regeneration percentile (public code 99; 100 stops regeneration)"})
     sdsnn_range_layers: str = field(default="all", metadata={"help": "sdsnn: all (the method) or last (the public CIFAR code's slip)"})
     global_pruning: Optional[bool] = field(default=None, metadata={"help": "rank all layers together (else per layer); default yes, except nni-* methods: NNI's per-layer sparse_ratio (its global ratio counts weights, not channels)"})
-    mode: str = field(default="incremental", metadata={"help": "incremental or rebuild (reference code)"})
+    preset: Optional[str] = field(default=None, metadata={"help": "paper: the SCA reference code's training settings (explicit flags win); default: the recommended settings"})
+    mode: str = field(default="rebuild", metadata={"help": "rebuild (reference code: the mask rebuilt from scratch at every update) or incremental (only previously kept channels can be pruned, only previously masked ones regrown)"})
+    masking: str = field(default="reset", metadata={"help": "reset (forward mask, masked channels' BatchNorm weight and bias zeroed at every update), reset-filters (filter rows zeroed too), soft (reference code: zeroed at every update, reviving in between) or mask (forward mask only; parameters drift; ablation)"})
+    regrow_signal: str = field(default="mean", metadata={"help": "mean (|dL/dgamma| averaged since the last update) or last (the last batch's, as the reference code)"})
+    max_pruning_ratio: Optional[float] = field(default=None, metadata={"help": "no layer loses more than this fraction of its channels (default (1 + pruning_ratio) / 2; 1 lifts the cap)"})
     schedule: str = field(default="constant", metadata={"help": "constant, linear or cubic sparsity schedule"})
     ramp_updates: int = field(default=1, metadata={"help": "mask updates over which linear/cubic ramp to the target"})
     update_interval: Optional[int] = field(default=None, metadata={"help": "update masks every N steps (default: once per epoch)"})
     oneshot_epoch: Optional[int] = field(default=None, metadata={"help": "prune once after this epoch, then fine-tune (no further updates); nni-* methods default to max(1, epochs // 4)"})
     nni_training_steps: int = field(default=50, metadata={"help": "nni-slim / nni-taylor: training steps NNI runs at the one-shot epoch to score channels (extra to --epochs)"})
-    fixed_mask_epochs: Optional[int] = field(default=None, metadata={"help": "final epochs trained without mask updates (default epochs // 6)"})
+    fixed_mask_epochs: Optional[int] = field(default=None, metadata={"help": "final epochs that train the final structure, masks fixed (default max(1, epochs // 6); 0: the reference code's update after the last epoch)"})
     dense_baseline: bool = field(default=True, metadata={"help": "also train the dense model with the same budget and report its accuracy"})
     l1: float = field(default=3e-5, metadata={"help": "L1 strength on conv weights"})
     bn_l1: Optional[float] = field(default=None, metadata={"help": "L1 strength on the BatchNorm scales of prunable channels (network slimming's sparse training; default 1e-4 for bnscale, else 0; nni-slim trains its own scaling factors)"})
@@ -78,6 +99,17 @@ class TrainConfig:
             return ConfigError(msg)
         if self.method not in METHODS:
             raise bad(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise bad(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
+        if self.mode not in ("rebuild", "incremental"):
+            raise bad(f"mode must be 'rebuild' or 'incremental', got {self.mode!r}")
+        if self.masking not in ("reset", "reset-filters", "soft", "mask"):
+            raise bad(f"masking must be 'reset', 'reset-filters', 'soft' or 'mask', got {self.masking!r}")
+        if self.regrow_signal not in ("mean", "last"):
+            raise bad(f"regrow_signal must be 'mean' or 'last', got {self.regrow_signal!r}")
+        if self.max_pruning_ratio is not None and not (0.0 < self.max_pruning_ratio <= 1.0
+                                                       and self.max_pruning_ratio >= self.pruning_ratio):
+            raise bad(f"max_pruning_ratio must be in [pruning_ratio={self.pruning_ratio}, 1], got {self.max_pruning_ratio}")
         if self.step_mode not in ("m", "s"):
             raise bad(f"step_mode must be 'm' or 's', got {self.step_mode!r}")
         if self.regrow_decay not in ("constant", "cosine"):
@@ -113,6 +145,11 @@ class TrainConfig:
         if self.fixed_mask_epochs is not None and not 0 <= self.fixed_mask_epochs < self.epochs:
             raise bad(f"fixed_mask_epochs ({self.fixed_mask_epochs}) must be in [0, epochs={self.epochs}): "
                       "at least one epoch must update the masks")
+        if self.fixed_mask_epochs is None and self.epochs < 2 and self.method in DYNAMIC_METHODS \
+                and self.method != "sdsnn" and self.oneshot_epoch is None:
+            raise bad(f"method {self.method!r} with 1 epoch would finalize a structure it never trained (the last "
+                      "epoch trains the final structure with the masks fixed): use --epochs 2 or more, or "
+                      "--fixed-mask-epochs 0 to update the masks after the only epoch")
         for name in ("l1", "bn_l1"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -131,7 +168,7 @@ class TrainConfig:
     def effective_fixed_mask_epochs(self) -> int:
         if self.fixed_mask_epochs is not None:
             return self.fixed_mask_epochs
-        return 0 if self.method == "sdsnn" else self.epochs // 6
+        return 0 if self.method == "sdsnn" else max(1, self.epochs // 6)
 
     @property
     def effective_sdsnn_n(self) -> int:
@@ -175,6 +212,11 @@ class TrainConfig:
         unknown = sorted(set(normalised) - names)
         if unknown:
             raise ConfigError(f"unknown setting(s) {unknown}; valid keys are the train flags: {', '.join(sorted(names))}")
+        preset = normalised.get("preset")
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ConfigError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+            normalised = {**PRESETS[preset], **normalised}  # what was given explicitly wins
         try:
             return cls(**normalised)
         except TypeError as e:

@@ -21,7 +21,17 @@ from spikingjelly.activation_based import base as sj_base
 
 from .importance import group_members
 
-__all__ = ["StraightThroughMask", "output_channel_dim", "ChannelMasker", "mask_targets", "feeds_only"]
+__all__ = ["MASKINGS", "StraightThroughMask", "output_channel_dim", "ChannelMasker", "mask_targets", "feeds_only",
+           "channel_parameters", "parameter_entries", "zero_channels"]
+
+#: how masked channels act during training (see :class:`sca_plugin.SCAPruner`, ``masking=``):
+#: ``"reset"``: forward mask with a straight-through gradient, the masked channels' BatchNorm weight
+#: and bias zeroed at every mask update (their filters are kept, so the BN-scale gradient that
+#: regrowth ranks by stays informative); ``"reset-filters"``: the same, filter rows zeroed too;
+#: ``"soft"``: the reference code (filters and BatchNorm zeroed at every update, no forward mask,
+#: the channels revive during training); ``"mask"``: forward mask only, parameters never reset
+#: (the behaviour before the reset existed; masked parameters drift; kept for ablations).
+MASKINGS = ("reset", "reset-filters", "soft", "mask")
 
 
 class StraightThroughMask(torch.autograd.Function):
@@ -46,10 +56,16 @@ def output_channel_dim(module: nn.Module) -> int:
 
 
 class ChannelMasker:
-    """Applies per-channel keep-masks to the outputs of a set of layers via forward hooks."""
+    """Applies per-channel keep-masks to the outputs of a set of layers via forward hooks.
 
-    def __init__(self) -> None:
+    ``straight_through=True`` passes the gradient of masked channels through unchanged (their
+    parameters keep a training signal, the regrowth criterion reads it); ``False`` is an exact
+    mask (what training the physically pruned network does), for a structure that no longer changes.
+    """
+
+    def __init__(self, straight_through: bool = True) -> None:
         self.masks: Dict[nn.Module, Optional[torch.Tensor]] = {}
+        self.straight_through = straight_through
         self._handles: List = []
 
     def set_mask(self, module: nn.Module, keep: torch.Tensor) -> None:
@@ -67,7 +83,7 @@ class ChannelMasker:
         shape = [1] * output.dim()
         shape[dim] = -1
         mask = keep.to(device=output.device, dtype=output.dtype).view(shape)
-        return StraightThroughMask.apply(output, mask)
+        return StraightThroughMask.apply(output, mask) if self.straight_through else output * mask
 
     def remove(self) -> None:
         for h in self._handles:
@@ -124,3 +140,51 @@ def feeds_only(DG: tp.DependencyGraph, module: nn.Module, allowed: set, module_n
         else:
             stack.extend(node.outputs)
     return True
+
+
+def channel_parameters(DG: tp.DependencyGraph, group) -> List[tuple]:
+    """``[(module, parameter name, channel dim, local_idxs, root_idxs, role)]``: the parameters that
+    carry the group's channels, as the reference code's ``do_masks`` zeroes them: the output rows
+    (filters) and bias of every conv/linear computing the channels (role ``"filter"``), and the
+    weight and bias of every BatchNorm of the group (role ``"bn"``; ``BN(0) = beta``, so zeroing
+    the scale alone would leave the channel firing)."""
+    return parameter_entries(group_producers(DG, group), group_members(group, _is_bn))
+
+
+def parameter_entries(producers: Dict[nn.Module, tuple], bns: Dict[nn.Module, tuple]) -> List[tuple]:
+    """:func:`channel_parameters` from a group's producers and BatchNorms (``{module: (local, root)}``)."""
+    out = []
+    for module, (local, root) in producers.items():
+        dim = 1 if isinstance(module, ops.TORCH_CONV) and getattr(module, "transposed", False) else 0
+        for name in ("weight", "bias"):
+            if getattr(module, name, None) is not None:
+                out.append((module, name, dim, local, root, "filter"))
+    for module, (local, root) in bns.items():
+        for name in ("weight", "bias"):
+            if getattr(module, name, None) is not None:
+                out.append((module, name, 0, local, root, "bn"))
+    return out
+
+
+@torch.no_grad()
+def zero_channels(entries: List[tuple], keep: torch.Tensor, parameter=None, filters: bool = True) -> int:
+    """Zero, in place, the slices of ``entries`` (from :func:`channel_parameters`) of the channels
+    where ``keep`` (over the group's root channels) is False; returns how many slices were zeroed.
+    ``filters=False`` leaves the filter rows alone where the group has a BatchNorm (zeroing its
+    weight and bias silences the channel). ``parameter(module, name)`` finds a parameter held
+    elsewhere (NNI's wrappers); default getattr."""
+    dropped = ~keep.bool().cpu()
+    if not bool(dropped.any()):
+        return 0
+    has_bn = any(e[5] == "bn" for e in entries)
+    zeroed = 0
+    for module, name, dim, local, root, role in entries:
+        if role == "filter" and not filters and has_bn:
+            continue
+        p = getattr(module, name) if parameter is None else parameter(module, name)
+        local_t, root_t = torch.tensor(local, dtype=torch.long), torch.tensor(root, dtype=torch.long)
+        rows = local_t[dropped[root_t]]
+        if rows.numel():
+            p.data.index_fill_(dim, rows.to(p.device), 0.0)
+            zeroed += int(rows.numel())
+    return zeroed

@@ -18,8 +18,8 @@ from spikingjelly.activation_based import functional
 
 from .graph import SpikingMetaPruner, eval_outputs
 from .importance import SCAImportance, group_channel_mean, group_members
-from .masking import ChannelMasker, mask_targets
-from .regrowth import GradientMagnitudes
+from .masking import MASKINGS, ChannelMasker, channel_parameters, mask_targets, zero_channels
+from .regrowth import REGROW_SIGNALS, GradientMagnitudes
 from .rollback import ModuleSnapshot, float_dtypes, restore_dtypes, to_double
 from .distributed import broadcast_
 from .neurons import is_spiking_neuron
@@ -30,13 +30,17 @@ from .selection import MODES, Selection, select_channels
 __all__ = ["SCAPruner"]
 
 _STATE_FORMAT = "sca_plugin.SCAPruner/1"
-# BasePruner arguments that keep their meaning here; the others (pruning_ratio_dict,
-# iterative_steps, head pruning, ...) concern Torch-Pruning's own one-shot schedule
+# BasePruner arguments passed on unchanged; pruning_ratio_dict and max_pruning_ratio are SCAPruner's
+# own arguments (same meaning); the others (iterative_steps, head pruning, ...) concern Torch-Pruning's
+# own one-shot schedule
 _PASSED_TO_TORCH_PRUNING = {"forward_fn", "output_transform", "customized_pruners", "unwrapped_parameters"}
 _CONFIG_KEYS = ("pruning_ratio", "regrow_ratio", "global_pruning", "mode", "schedule",
-                "ramp_updates", "min_channels", "round_to", "definition", "regrow_decay", "regrow_decay_updates")
-# settings added after the first state-dict format: their value when a saved state lacks them
-_CONFIG_DEFAULTS = {"regrow_decay": "constant", "regrow_decay_updates": None}
+                "ramp_updates", "min_channels", "round_to", "definition", "regrow_decay", "regrow_decay_updates",
+                "masking", "regrow_signal", "max_pruning_ratio", "pruning_ratio_dict")
+# settings added after the first state-dict format: their value when a saved state lacks them (the
+# behaviour of the versions that wrote such states)
+_CONFIG_DEFAULTS = {"regrow_decay": "constant", "regrow_decay_updates": None, "masking": "mask",
+                    "regrow_signal": "mean", "max_pruning_ratio": 1.0, "pruning_ratio_dict": {}}
 
 
 def _is_bn(m: nn.Module) -> bool:
@@ -60,8 +64,34 @@ class SCAPruner(SpikingMetaPruner):
         bn_l1: strength of the L1 penalty that :meth:`regularize` adds to the BatchNorm-scale
             gradients of the prunable channels: network slimming's sparse-training regulariser
             (Liu et al., ICCV 2017: 1e-4), the companion of ``tp.importance.BNScaleImportance``.
-        mode: ``"incremental"`` (default) or ``"rebuild"`` (reference code); see
-            :mod:`sca_plugin.selection`.
+        mode: ``"rebuild"`` (default; the reference code: the mask is rebuilt from scratch at every
+            update) or ``"incremental"``; see :mod:`sca_plugin.selection`.
+        masking: how masked channels act while the masks still change (:data:`~sca_plugin.masking.MASKINGS`):
+            ``"reset"`` (default): their outputs are masked (the masked model is the pruned one at
+            every step) with a straight-through gradient (their parameters keep a training signal,
+            which regrowth reads), and at every update their BatchNorm weight and bias are zeroed,
+            so they cannot drift while the loss does not see them and a regrown channel comes back
+            contributing nothing (RigL's zero initialisation, at channel level). Their filters are
+            kept: with a zero filter the normalised input is zero, so ``|dL/dgamma|`` is zero and a
+            channel masked for one update could never be regrown. ``"reset-filters"``: the
+            reference code's full reset (filter rows and bias zeroed too) with the forward mask.
+            ``"soft"``: the reference code's training: zeroed at every update, no forward mask, so
+            they revive and take part in training until the next update (soft filter pruning);
+            :meth:`finalize` zeroes them again before removing them. ``"mask"``: forward mask only,
+            never reset (earlier versions; masked parameters drift; for ablations). BatchNorm
+            running statistics and optimizer state (momentum) are left alone in every mode, as in
+            the reference: the running statistics keep following the channel's input, and in
+            ``"soft"`` mode the momentum is what revives a zeroed channel. After :meth:`fix_masks`
+            every mode masks exactly (no straight-through gradient).
+        regrow_signal: ``"mean"`` (default): ``|dL/dgamma|`` averaged over the steps since the last
+            update; ``"last"``: the last step's, as the reference code reads ``bn.weight.grad``.
+        max_pruning_ratio: no group loses more than this fraction of its channels (Torch-Pruning's
+            argument). Default None: ``(1 + pruning_ratio) / 2``, i.e. every group keeps at least half
+            the network's kept fraction, which rules out a layer left with 1 of its 64 channels
+            under global ranking. ``1.0`` lifts the cap (the reference code has none).
+        pruning_ratio_dict: ``{module or tuple of modules: ratio}`` (Torch-Pruning's argument): those
+            groups are pruned to their own ratio, ranked within the group; the rest follow
+            ``pruning_ratio`` (globally ranked among themselves with ``global_pruning``).
         schedule: ``"constant"`` (paper: full target from the first update), ``"linear"`` or
             ``"cubic"`` (AGP-like ramp over ``ramp_updates`` updates).
         update_interval: with :meth:`maybe_update_masks`, update the masks every this many steps.
@@ -89,7 +119,7 @@ class SCAPruner(SpikingMetaPruner):
         ignored_layers: Optional[Sequence[nn.Module]] = None,
         l1: float = 3e-5,
         *,
-        mode: str = "incremental",
+        mode: str = "rebuild",
         schedule: str = "constant",
         ramp_updates: int = 1,
         update_interval: Optional[int] = None,
@@ -100,6 +130,10 @@ class SCAPruner(SpikingMetaPruner):
         bn_l1: float = 0.0,
         regrow_decay: str = "constant",
         regrow_decay_updates: Optional[int] = None,
+        masking: str = "reset",
+        regrow_signal: str = "mean",
+        max_pruning_ratio: Optional[float] = None,
+        pruning_ratio_dict: Optional[Dict[Any, float]] = None,
         **kwargs: Any,
     ) -> None:
         importance = SCAImportance() if importance is None else importance
@@ -113,6 +147,19 @@ class SCAPruner(SpikingMetaPruner):
             raise ValueError(f"regrow_decay must be one of {REGROW_DECAYS}, got {regrow_decay!r}")
         if regrow_decay == "cosine":
             regrow_at(0, regrow_ratio, regrow_decay, regrow_decay_updates)  # validates regrow_decay_updates
+        if masking not in MASKINGS:
+            raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")
+        if regrow_signal not in REGROW_SIGNALS:
+            raise ValueError(f"regrow_signal must be one of {REGROW_SIGNALS}, got {regrow_signal!r}")
+        if max_pruning_ratio is None:
+            max_pruning_ratio = (1.0 + pruning_ratio) / 2.0
+        if isinstance(max_pruning_ratio, bool) or not isinstance(max_pruning_ratio, (int, float)) \
+                or not 0.0 < max_pruning_ratio <= 1.0:
+            raise ValueError(f"max_pruning_ratio must be in (0, 1] or None, got {max_pruning_ratio!r}")
+        if max_pruning_ratio < pruning_ratio:
+            raise ValueError(f"max_pruning_ratio ({max_pruning_ratio}) is below pruning_ratio ({pruning_ratio}): no "
+                             "layer could reach the target; use max_pruning_ratio >= pruning_ratio")
+        ratio_dict = self._validate_ratio_dict(model, pruning_ratio_dict, regrow_ratio, max_pruning_ratio)
         super().__init__(model, example_inputs, importance, global_pruning=global_pruning,
                          pruning_ratio=pruning_ratio, ignored_layers=list(ignored_layers or []),
                          round_to=round_to, root_module_types=list(root_module_types), **kwargs)
@@ -129,6 +176,10 @@ class SCAPruner(SpikingMetaPruner):
         self.update_interval = update_interval
         self.min_channels = min_channels
         self.verify_atol = verify_atol
+        self.masking = masking
+        self.regrow_signal = regrow_signal
+        self.max_pruning_ratio = float(max_pruning_ratio)
+        self.fixed = False  # fix_masks(): the structure no longer changes
 
         self.module_names: Dict[nn.Module, str] = {m: n for n, m in model.named_modules()}
         # the conv modules regularize() touches every step (pruning replaces their tensors, not them)
@@ -140,6 +191,9 @@ class SCAPruner(SpikingMetaPruner):
                                                 root_module_types=self.root_module_types)
         ]
         self._check_groups()
+        self.pruning_ratio_dict = ratio_dict
+        self._local_ratio = self._group_ratios(ratio_dict)
+        self._channel_params = [channel_parameters(self.DG, group) for _, group in self.groups]
         self._l1_bns = sorted({m for _, group in self.groups for m in group_members(group, _is_bn)
                                if m.weight is not None and m not in ignored}, key=lambda m: self.module_names[m])
         self.masks: List[Optional[torch.Tensor]] = [None] * len(self.groups)
@@ -155,6 +209,47 @@ class SCAPruner(SpikingMetaPruner):
         self._masker = ChannelMasker()
         self._grad_hooks: List = []
         self._install()
+
+    @staticmethod
+    def _validate_ratio_dict(model, ratio_dict, regrow_ratio, max_pruning_ratio) -> Dict[tuple, float]:
+        """``{tuple of modules: ratio}`` from Torch-Pruning's ``pruning_ratio_dict``, checked."""
+        out: Dict[tuple, float] = {}
+        members = set(model.modules())
+        for key, ratio in (ratio_dict or {}).items():
+            modules = tuple(key) if isinstance(key, (tuple, list)) else (key,)
+            for m in modules:
+                if not isinstance(m, nn.Module) or m not in members:
+                    raise ValueError(f"pruning_ratio_dict key {m!r:.80} is not a submodule of the model; "
+                                     "key it by the model's modules (or tuples of them), as in Torch-Pruning")
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
+                raise ValueError(f"pruning_ratio_dict ratio for {type(modules[0]).__name__} must be in [0, 1), got {ratio!r}")
+            if regrow_ratio > ratio:
+                raise ValueError(f"pruning_ratio_dict ratio {ratio} is below regrow_ratio ({regrow_ratio}): only masked "
+                                 "channels can be regrown; use ratios >= regrow_ratio")
+            if ratio > max_pruning_ratio:
+                raise ValueError(f"pruning_ratio_dict ratio {ratio} exceeds max_pruning_ratio ({max_pruning_ratio})")
+            out[modules] = float(ratio)
+        return out
+
+    def _group_ratios(self, ratio_dict: Dict[tuple, float]) -> List[Optional[float]]:
+        """Per group, its own ratio from ``pruning_ratio_dict`` (a key naming any member of the
+        group), or None (the group follows ``pruning_ratio``)."""
+        out: List[Optional[float]] = []
+        used = set()
+        for _, group in self.groups:
+            modules = {it.dep.target.module for it in group}
+            ratio = None
+            for key, r in ratio_dict.items():
+                if modules & set(key):
+                    ratio = r
+                    used.add(key)
+            out.append(ratio)
+        unused = [k for k in ratio_dict if k not in used]
+        if unused:
+            name = self.module_names.get(unused[0][0], repr(unused[0][0]))
+            raise ValueError(f"pruning_ratio_dict names {name}, which belongs to no prunable group (it is ignored or "
+                             "computes no channel of a root layer); remove it from the dict")
+        return out
 
     # ------------------------------------------------------------------ validation
     @staticmethod
@@ -219,16 +314,17 @@ class SCAPruner(SpikingMetaPruner):
     def _install(self) -> None:
         if isinstance(self.importance, SCAImportance):
             self.importance.attach(self.model)
-        if self.regrow_ratio > 0:
+        if self.regrow_ratio > 0 and not self.fixed:
             bns = {m for _, group in self.groups for m in group_members(group, _is_bn) if m.weight is not None}
             for bn in sorted(bns, key=lambda m: self.module_names[m]):
                 self._grad_hooks.append(bn.weight.register_hook(self._growth.hook_for(bn)))
+        self._masker.straight_through = not self.fixed
         for i, keep in enumerate(self.masks):
             if keep is not None:
                 self._apply_mask(i, keep)
 
     def _uninstall(self) -> None:
-        if isinstance(self.importance, SCAImportance):
+        if isinstance(self.importance, SCAImportance) and self.importance.recorder.model is not None:
             self.importance.detach()
         for h in self._grad_hooks:
             h.remove()
@@ -236,6 +332,8 @@ class SCAPruner(SpikingMetaPruner):
         self._masker.remove()
 
     def _apply_mask(self, i: int, keep: torch.Tensor) -> None:
+        if self.masking == "soft" and not self.fixed:
+            return  # the reference code: no forward mask, the channels are only zeroed at updates
         for module, local, root in self._mask_targets[i]:
             n = _out_channels(module)
             module_keep = torch.ones(n, dtype=torch.bool)
@@ -282,6 +380,8 @@ class SCAPruner(SpikingMetaPruner):
         the previous update. Returns the :class:`~sca_plugin.selection.Selection`."""
         if self.finalized:
             raise RuntimeError("update_masks() after finalize(): the masked channels are already removed")
+        if self.fixed:
+            raise RuntimeError("update_masks() after fix_masks(): the structure is fixed; train it and finalize()")
         self.check_model_unchanged()
         if isinstance(self.importance, SCAImportance):
             # DDP: score on the statistics of all processes (the recorder's modules in model order)
@@ -304,19 +404,18 @@ class SCAPruner(SpikingMetaPruner):
             scores.append(imp)
         growth = None
         if self.regrow_ratio > 0:
-            mean_grads = self._growth.means()
+            grads = self._growth.signal(self.regrow_signal)
             growth = []
             for (_, group), s in zip(self.groups, scores):
-                g = group_channel_mean(group, mean_grads, _is_bn)
+                g = group_channel_mean(group, grads, _is_bn)
                 growth.append(torch.zeros_like(s) if g is None else g)
-        previous = None if self.masks[0] is None else self.masks
         sparsity = self.current_sparsity_target()
         regrow = self.current_regrow_ratio()
-        selection = select_channels(scores, growth, previous, sparsity, regrow, self.global_pruning,
-                                    self.min_channels, self.round_to, self.mode)
+        selection = self._select(scores, growth, sparsity, regrow)
         for i, keep in enumerate(selection.keep):
             self.masks[i] = broadcast_(keep.clone())  # DDP: every process applies rank 0's masks
             self._apply_mask(i, self.masks[i])
+        self.reset_masked_channels()
         self.history.append({
             "update": self.num_updates,
             "step": self.num_steps,
@@ -332,6 +431,66 @@ class SCAPruner(SpikingMetaPruner):
             self.importance.reset()
         self._growth.clear()
         return selection
+
+    def _select(self, scores, growth, sparsity: float, regrow: float) -> Selection:
+        """One selection over all groups: the groups of ``pruning_ratio_dict`` ranked each within
+        itself at its own ratio, the others as ``global_pruning`` says at ``sparsity``."""
+        previous = None if self.masks[0] is None else self.masks
+        common = dict(min_channels=self.min_channels, round_to=self.round_to, mode=self.mode,
+                      max_pruning_ratio=self.max_pruning_ratio)
+        own = [i for i, r in enumerate(self._local_ratio) if r is not None]
+        if not own:
+            return select_channels(scores, growth, previous, sparsity, regrow, self.global_pruning, **common)
+        rest = [i for i, r in enumerate(self._local_ratio) if r is None]
+        scale = sparsity / self.pruning_ratio if self.pruning_ratio > 0 else 1.0  # the ramp of a schedule
+        own_ratios = [self._local_ratio[i] * scale for i in own]
+        parts = []
+        for idx, global_ranking, ratio, q in ((rest, self.global_pruning, sparsity, regrow),
+                                              (own, False, own_ratios, [min(regrow, r) for r in own_ratios])):
+            if not idx:
+                continue
+            pick = lambda seq: None if seq is None else [seq[i] for i in idx]  # noqa: E731
+            parts.append((idx, select_channels(pick(scores), pick(growth), pick(previous), ratio, q,
+                                               global_ranking, **common)))
+        out = Selection(keep=[None] * len(scores), pruned=[None] * len(scores), regrown=[None] * len(scores))
+        for idx, sel in parts:
+            for j, i in enumerate(idx):
+                out.keep[i], out.pruned[i], out.regrown[i] = sel.keep[j], sel.pruned[j], sel.regrown[j]
+        return out
+
+    @torch.no_grad()
+    def reset_masked_channels(self) -> int:
+        """Zero the parameters of every masked channel, as the reference code does at every update:
+        BatchNorm weight and bias, and (``masking="reset-filters"``, ``"soft"``, and once the masks
+        are fixed) the filter rows and bias of the layers computing it; returns the number of
+        slices zeroed. :meth:`update_masks` calls it; it changes no output of a forward-masked model."""
+        if self.masking == "mask" and not self.fixed:
+            return 0
+        filters = self.fixed or self.masking != "reset"
+        return sum(zero_channels(entries, keep, self.parameter_of, filters=filters)
+                   for entries, keep in zip(self._channel_params, self.masks) if keep is not None)
+
+    def parameter_of(self, module: nn.Module, name: str) -> torch.Tensor:
+        """A layer's parameter ``name``; an adapter whose framework holds parameters elsewhere while
+        it wraps the model (NNI) replaces this."""
+        return getattr(module, name)
+
+    def fix_masks(self) -> None:
+        """Fix the structure for the rest of training (the final epochs, or fine-tuning before
+        :meth:`finalize`): the masked channels are zeroed once, masked exactly from now on (no
+        straight-through gradient; in ``"soft"`` mode they no longer revive), regrowth gradients are
+        no longer recorded, and :meth:`update_masks` refuses (activity statistics go on, for reports). Training then trains exactly the network
+        that :meth:`finalize` will keep."""
+        if self.finalized:
+            raise RuntimeError("fix_masks() after finalize(): the masked channels are already removed")
+        if self.masks[0] is None:
+            raise RuntimeError("fix_masks() before any mask exists: call update_masks() at least once")
+        if self.fixed:
+            return
+        self._uninstall()
+        self.fixed = True
+        self._install()
+        self.reset_masked_channels()
 
     def check_model_unchanged(self) -> None:
         """Raise if a layer the dependency graph was traced on has been replaced, removed or
@@ -392,6 +551,13 @@ class SCAPruner(SpikingMetaPruner):
         self._param_names = {id(p): n for n, p in model.named_parameters()}
         verify = self.verify_atol is not None
         dtypes = float_dtypes(model) if verify else {}
+        # the masked channels' parameters are zeroed before removal ("soft" masking: this is the
+        # reference code's final zeroing, which makes the model equal the pruned one; otherwise it
+        # changes no output); kept to undo it if removal fails
+        zeroed = {id(p): (p, p.data.clone()) for entries in self._channel_params for m, name, *_ in entries
+                  for p in [self.parameter_of(m, name)]}
+        for entries, keep in zip(self._channel_params, self.masks):
+            zero_channels(entries, keep, self.parameter_of)
         if verify:
             # compare in float64: removing channels changes the summation order, and in float32 a
             # membrane potential within rounding of the threshold could flip a spike
@@ -417,6 +583,8 @@ class SCAPruner(SpikingMetaPruner):
         except Exception:
             saved.restore()
             restore_dtypes(model, dtypes)
+            for p, data in zeroed.values():
+                p.data = data
             self._install()
             raise
         restore_dtypes(model, dtypes)
@@ -441,7 +609,11 @@ class SCAPruner(SpikingMetaPruner):
                 "ramp_updates": self.ramp_updates, "min_channels": self.min_channels,
                 "round_to": self.round_to, "definition": definition, "l1": self.l1,
                 "bn_l1": self.bn_l1, "update_interval": self.update_interval,
-                "regrow_decay": self.regrow_decay, "regrow_decay_updates": self.regrow_decay_updates}
+                "regrow_decay": self.regrow_decay, "regrow_decay_updates": self.regrow_decay_updates,
+                "masking": self.masking, "regrow_signal": self.regrow_signal,
+                "max_pruning_ratio": self.max_pruning_ratio,
+                "pruning_ratio_dict": {",".join(self.module_names[m] for m in key): r
+                                       for key, r in self.pruning_ratio_dict.items()}}
 
     def state_dict(self) -> dict:
         """Masks, statistics accumulators, counters and history: enough to resume training with
@@ -456,6 +628,7 @@ class SCAPruner(SpikingMetaPruner):
             "num_updates": self.num_updates,
             "num_steps": self.num_steps,
             "finalized": self.finalized,
+            "fixed": self.fixed,
             "activity": (self.importance.recorder.state_dict(names)
                          if isinstance(self.importance, SCAImportance) else {}),
             "growth": self._growth.state_dict(names),
@@ -489,6 +662,10 @@ class SCAPruner(SpikingMetaPruner):
         for i, keep in enumerate(self.masks):
             if keep is not None:
                 self._apply_mask(i, keep)
+        if bool(state.get("fixed", False)) != self.fixed:
+            self._uninstall()
+            self.fixed = bool(state.get("fixed", False))
+            self._install()
         self.num_updates = int(state["num_updates"])
         self.num_steps = int(state["num_steps"])
         self.history = copy.deepcopy(state["history"])

@@ -1,4 +1,6 @@
-"""The regrowth signal: |dL/dgamma| of BatchNorm scales, averaged over the steps since the last update."""
+"""The regrowth signal: |dL/dgamma| of BatchNorm scales since the last update: its mean over the
+steps (``"mean"``, default) or the last step's (``"last"``, the reference code, which reads
+``bn.weight.grad`` once at update time)."""
 from __future__ import annotations
 
 from typing import Callable, Dict
@@ -8,7 +10,9 @@ import torch.nn as nn
 
 from .distributed import all_reduce_sum_, world_size
 
-__all__ = ["GradientMagnitudes"]
+__all__ = ["REGROW_SIGNALS", "GradientMagnitudes"]
+
+REGROW_SIGNALS = ("mean", "last")
 
 
 class GradientMagnitudes:
@@ -20,6 +24,7 @@ class GradientMagnitudes:
     def __init__(self) -> None:
         self.sums: Dict[nn.Module, torch.Tensor] = {}
         self.counts: Dict[nn.Module, int] = {}
+        self.last: Dict[nn.Module, torch.Tensor] = {}
 
     def hook_for(self, bn: nn.Module) -> Callable[[torch.Tensor], None]:
         """A tensor hook adding one step's ``|grad|`` of ``bn``'s scale."""
@@ -28,6 +33,7 @@ class GradientMagnitudes:
             if world_size() > 1:  # DDP: the gradient of the global batch (the average DDP applies), not the local one
                 g = all_reduce_sum_(g.clone()) / world_size()
             g = g.abs()
+            self.last[bn] = g.clone()
             if bn in self.sums:
                 self.sums[bn] += g
                 self.counts[bn] += 1
@@ -42,15 +48,25 @@ class GradientMagnitudes:
     def means(self) -> Dict[nn.Module, torch.Tensor]:
         return {bn: s / self.counts[bn] for bn, s in self.sums.items()}
 
+    def signal(self, kind: str = "mean") -> Dict[nn.Module, torch.Tensor]:
+        """Per BatchNorm, the regrowth signal ``kind`` (one of :data:`REGROW_SIGNALS`)."""
+        if kind not in REGROW_SIGNALS:
+            raise ValueError(f"unknown regrowth signal {kind!r}; use one of {REGROW_SIGNALS}")
+        return self.means() if kind == "mean" else dict(self.last)
+
     def clear(self) -> None:
         self.sums.clear()
         self.counts.clear()
+        self.last.clear()
 
     def state_dict(self, names: Dict[nn.Module, str]) -> dict:
-        return {names[bn]: {"sum": s.detach().cpu().clone(), "count": self.counts[bn]} for bn, s in self.sums.items()}
+        return {names[bn]: {"sum": s.detach().cpu().clone(), "count": self.counts[bn],
+                            "last": self.last[bn].detach().cpu().clone()} for bn, s in self.sums.items()}
 
     def load_state_dict(self, state: dict, modules: Dict[str, nn.Module], device=None) -> None:
         self.clear()
         for name, entry in state.items():
             self.sums[modules[name]] = entry["sum"].to(device) if device is not None else entry["sum"].clone()
             self.counts[modules[name]] = int(entry["count"])
+            last = entry.get("last", entry["sum"] / max(int(entry["count"]), 1))  # states saved before "last" existed
+            self.last[modules[name]] = last.to(device) if device is not None else last.clone()

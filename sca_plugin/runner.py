@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from spikingjelly.activation_based import functional
 
+from .collapse import collapse_check
 from .config import NNI_METHODS, ConfigError, TrainConfig
 from .distributed import rank, world_size
 from .files import atomic_save, atomic_write_text, keep_previous
@@ -103,7 +104,7 @@ def build_pruner(cfg: TrainConfig, model: nn.Module, example: Any, steps_per_epo
         return SDSNNPruner(model, example, ignored_layers=[_classifier(model)], N=cfg.effective_sdsnn_n,
                            initial_rate=cfg.sdsnn_initial_rate, initial_fc_rate=cfg.sdsnn_initial_fc_rate,
                            regen_cap=cfg.sdsnn_regen_cap, range_layers=cfg.sdsnn_range_layers,
-                           update_interval=cfg.update_interval,
+                           update_interval=cfg.update_interval, masking=cfg.masking,
                            root_module_types=(tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR))  # hidden FC layers too
     importance = SCAImportance(normalizer=cfg.sca_normalizer) if cfg.method in ("sca", "sca-prune-only") \
         else _TP_IMPORTANCE[cfg.method]()
@@ -113,6 +114,7 @@ def build_pruner(cfg: TrainConfig, model: nn.Module, example: Any, steps_per_epo
                      bn_l1=cfg.effective_bn_l1,
                      mode=cfg.mode, schedule=cfg.schedule, ramp_updates=cfg.ramp_updates,
                      update_interval=cfg.update_interval, regrow_decay=cfg.regrow_decay,
+                     masking=cfg.masking, regrow_signal=cfg.regrow_signal, max_pruning_ratio=cfg.max_pruning_ratio,
                      regrow_decay_updates=_last_update(cfg, steps_per_epoch) if cfg.regrow_decay == "cosine" else None)
 
 
@@ -372,6 +374,7 @@ def _run(cfg, out, checkpoint, device, start, log, on_epoch_end, backend) -> Dic
         log(f"resuming {out} after epoch {first_epoch}")
     elif cfg.method == "random-init":
         pruner.update_masks()  # the paper's ablation: a random mask fixed before training
+        pruner.fix_masks()
     writer = _tensorboard(out) if cfg.tensorboard else None
 
     log(f"{splits.description}; model {cfg.model} ({before['parameters']:,} parameters); method {cfg.method}; "
@@ -423,6 +426,8 @@ def _train_loop(cfg, model, pruner, optimizer, scheduler, train_loader, test_loa
         scheduler.step()
         if updating and cfg.update_interval is None:
             pruner.update_masks()
+        if updating and epoch + 1 < cfg.epochs and not _updates_in_epoch(cfg, epoch + 1):
+            pruner.fix_masks()  # the remaining epochs train the final structure
         if oneshot is not None and _updates_in_epoch(cfg, epoch):
             optimizer, scheduler = oneshot(epoch + 1, optimizer, scheduler)
             net = _ddp(model, device)  # the pruned model has new parameters
@@ -538,6 +543,7 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
         pruner.finalize()
         log(f"finalized: masked channels removed; pruned == masked outputs checked (atol {pruner.verify_atol})")
     accuracy["final"] = _evaluate(model, test_loader, splits.kind, device)
+    collapse = collapse_check(epochs_log[-1]["loss"] if epochs_log else None, accuracy["final"], splits.num_classes)
     after = model_stats(model, example)
     spiking = metrics_fn(model, (_time_major(x.to(device), splits.kind) for x, _ in test_loader), max_batches=4)
     metrics = {
@@ -547,6 +553,8 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
         "simulated_data": bool(splits.simulated), "data_description": splits.description,
         "input_shape": [splits.in_channels, *splits.input_size], "data_kind": splits.kind,
         "accuracy": accuracy,
+        "num_classes": splits.num_classes,
+        "collapse": collapse,
         "parameters": {"before": before["parameters"], "after": after["parameters"]},
         "macs": {"before": {"per_step": before["macs_per_step"], "total": before["macs_total"]},
                  "after": {"per_step": after["macs_per_step"], "total": after["macs_total"]}},
@@ -578,6 +586,9 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
     log("\n" + pruning_report(before, after, ("dense" if baseline else "before", cfg.method)))
     if accuracy["masked"] is not None:
         log(f"masked-model accuracy {100 * accuracy['masked']:.2f}%, finalized {100 * accuracy['final']:.2f}%")
+    if collapse["collapsed"]:
+        log(f"COLLAPSED: {'; '.join(collapse['reasons'])}. This run did not learn: it is not a result "
+            "(flagged in metrics.json under 'collapse')")
     log(f"wrote {out / METRICS} ({time.time() - start:.1f} s)")
     return metrics
 

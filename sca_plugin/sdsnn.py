@@ -217,9 +217,8 @@ class SDSNNPruner(SCAPruner):
         self._connectivity: Optional[Dict[str, float]] = None
 
     def weight_of(self, module: nn.Module) -> torch.Tensor:
-        """The weight parameter of a managed layer (replaced when another framework, such as NNI's
-        wrappers, holds the parameter elsewhere)."""
-        return module.weight
+        """The weight parameter of a managed layer (see :meth:`parameter_of`)."""
+        return self.parameter_of(module, "weight")
 
     @torch.no_grad()
     def _zero_masked_synapses(self) -> None:
@@ -282,6 +281,7 @@ class SDSNNPruner(SCAPruner):
         for i, keep in enumerate(self._channel_keep()):
             self.masks[i] = broadcast_(keep.clone())  # DDP: identical weights give identical masks; made sure
             self._apply_mask(i, self.masks[i])
+        self.reset_masked_channels()
         self.history.append({
             "update": e, "step": self.num_steps, "sparsity": self.sparsity(),
             "channels": {self.module_names[root]: int(keep.sum()) for (root, _), keep in zip(self.groups, self.masks)},

@@ -6,19 +6,21 @@ One update, for target sparsity ``s`` and regrow fraction ``q`` over ``N`` pruna
 2. among the masked channels, regrow the ``q * N`` with the largest ``|dL/dgamma|``;
    so ``(1 - s) * N`` channels stay, ``q * N`` of them regrown.
 
-``mode="rebuild"`` (the reference code) rebuilds the mask from scratch at every update: step 1
-ranks all channels and step 2 may regrow a channel that step 1 just pruned. ``mode="incremental"``
-(default) starts from the current mask: step 1 drops the weakest *kept* channels and step 2
+``mode="rebuild"`` (default; the reference code) rebuilds the mask from scratch at every update:
+step 1 ranks all channels and step 2 may regrow a channel that step 1 just pruned.
+``mode="incremental"`` starts from the current mask: step 1 drops the weakest *kept* channels and step 2
 regrows only channels that were masked before this update, so every update really exchanges
 channels (as in RigL). Both give the same first update. Ranking is global over all groups or per
-group; every group keeps at least its floor (``min_channels``, and ``round_to``), and with
-``round_to`` each group's kept count is rounded to a multiple of it.
+group; every group keeps at least its floor (``min_channels``, ``round_to``, and with
+``max_pruning_ratio`` the channels that ratio leaves: ``n - floor(n * max_pruning_ratio)``), and
+with ``round_to`` each group's kept count is rounded to a multiple of it. Per-group ranking takes
+one sparsity (and regrow fraction) per group.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 
@@ -34,9 +36,11 @@ class Selection:
     regrown: List[torch.Tensor] = field(default_factory=list)  # per group: indices unmasked by regrowth
 
 
-def channel_floor(n: int, min_channels: int, round_to: Optional[int]) -> int:
+def channel_floor(n: int, min_channels: int, round_to: Optional[int], max_pruning_ratio: Optional[float] = None) -> int:
     """The fewest channels a group of ``n`` may keep."""
     floor = max(min_channels, round_to or 1)
+    if max_pruning_ratio is not None:
+        floor = max(floor, n - math.floor(n * max_pruning_ratio + 1e-9))
     if round_to:
         floor = math.ceil(floor / round_to) * round_to
     return min(n, floor)
@@ -74,14 +78,16 @@ def select_channels(
     scores: Sequence[torch.Tensor],
     growth: Optional[Sequence[torch.Tensor]],
     previous: Optional[Sequence[torch.Tensor]],
-    sparsity: float,
-    regrow_ratio: float,
+    sparsity: Union[float, Sequence[float]],
+    regrow_ratio: Union[float, Sequence[float]],
     global_ranking: bool = True,
     min_channels: int = 1,
     round_to: Optional[int] = None,
-    mode: str = "incremental",
+    mode: str = "rebuild",
+    max_pruning_ratio: Optional[float] = None,
 ) -> Selection:
-    """Compute the new keep-masks of all groups (see the module docstring)."""
+    """Compute the new keep-masks of all groups (see the module docstring). With
+    ``global_ranking=False``, ``sparsity`` and ``regrow_ratio`` may be one value per group."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
     sizes = [int(s.numel()) for s in scores]
@@ -92,15 +98,21 @@ def select_channels(
     score = torch.cat([s.detach().float().cpu() for s in scores])
     grow = torch.cat([g.detach().float().cpu() for g in growth]) if growth is not None else torch.zeros(N)
     prev = torch.cat([p.detach().bool().cpu() for p in previous]) if previous is not None else None
-    floors = [channel_floor(n, min_channels, round_to) for n in sizes]
+    floors = [channel_floor(n, min_channels, round_to, max_pruning_ratio) for n in sizes]
 
     if global_ranking:
-        n_keep = N - round(sparsity * N)
+        if not isinstance(sparsity, (int, float)) or not isinstance(regrow_ratio, (int, float)):
+            raise ValueError("global ranking takes one sparsity and one regrow ratio for all groups")
+        n_keep = max(N - round(sparsity * N), sum(floors))
         n_regrow = round(regrow_ratio * N)
         keep_budget = max(n_keep - n_regrow, 0)
     else:
-        n_keep = [max(n - round(sparsity * n), f) for n, f in zip(sizes, floors)]
-        keep_budget = [max(k - round(regrow_ratio * n), 0) for k, n in zip(n_keep, sizes)]
+        per_s = [sparsity] * len(sizes) if isinstance(sparsity, (int, float)) else list(sparsity)
+        per_q = [regrow_ratio] * len(sizes) if isinstance(regrow_ratio, (int, float)) else list(regrow_ratio)
+        if len(per_s) != len(sizes) or len(per_q) != len(sizes):
+            raise ValueError(f"{len(sizes)} groups but {len(per_s)} sparsities and {len(per_q)} regrow ratios")
+        n_keep = [max(n - round(s_ * n), f) for n, f, s_ in zip(sizes, floors, per_s)]
+        keep_budget = [max(k - round(q_ * n), 0) for k, n, q_ in zip(n_keep, sizes, per_q)]
 
     incremental = prev is not None and mode == "incremental"
     candidates = prev.clone() if incremental else torch.ones(N, dtype=torch.bool)

@@ -29,7 +29,7 @@ from sca_plugin.models import digits_cnn  # noqa: E402
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
 X = torch.rand(2, 4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 Y = torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(1))
-TINY = ["--epochs", "1", "--width", "0.25", "--time-steps", "2", "--no-progress", "--train-limit", "64",
+TINY = ["--epochs", "2", "--width", "0.25", "--time-steps", "2", "--no-progress", "--train-limit", "64",
         "--test-limit", "32", "--no-dense-baseline"]
 
 
@@ -235,6 +235,11 @@ CASES: List[Case] = [
              m, X, "l3norm", 0.5)), ValueError),
     Case("cli-ratio", "a pruning ratio outside [0, 1) on the command line", "sca-prune train --pruning-ratio 1.5",
          _cli(lambda t: ["train", "--pruning-ratio", "1.5", "--output-dir", str(t / "run")]), SystemExit),
+    Case("cli-one-epoch", "a prune-and-regrow run of one epoch (it would never train its final structure)",
+         "sca-prune train --epochs 1", _cli(lambda t: ["train", "--epochs", "1", "--output-dir", str(t / "run")]),
+         SystemExit),
+    Case("api-masking", "an unknown masking mode", "SCAPruner(model, x, masking='hard')",
+         _api(lambda m: lambda: SCAPruner(m, X, ignored_layers=[m.classifier], masking="hard")), ValueError),
     Case("cli-missing-data", "a data set that needs files nobody gave", "sca-prune train --dataset cifar10",
          _cli(lambda t: ["train", "--dataset", "cifar10", "--output-dir", str(t / "run")]), SystemExit),
     Case("cli-checkpoint-architecture", "resuming from a checkpoint of another architecture (other width)",

@@ -13,7 +13,7 @@ dataset: digits
 model: digits_cnn
 width: 0.25
 time_steps: 2
-epochs: 1
+epochs: 2
 batch_size: 64
 lr: 0.1
 train_limit: 128
@@ -55,7 +55,7 @@ def test_quality_tiny_sweep_and_resume(tmp_path, capsys):
 
     table = (out / "table.md").read_text()
     assert "Command:" in table and "Machine:" in table
-    assert "- `sca`: dynamic: masks updated each epoch for 1 of 1 epochs; global ranking; regrow_ratio 0.1" in table
+    assert "- `sca`: dynamic: masks updated each epoch for 1 of 2 epochs; global ranking; regrow_ratio 0.1" in table
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     assert len(rows) == 2 and any(r.startswith("| sca | 0.5 | 1 |") for r in rows)
 
@@ -120,7 +120,7 @@ def test_quality_refuses_stale_and_unfinished_runs(tmp_path):
     argv = ["--config", str(config), "--out", str(tmp_path / "out"), "--runs-dir", str(runs)]
     assert quality.main(argv) == 0
     # the same runs folder with other settings: refused, not silently mixed
-    config.write_text(TINY.replace("methods: [dense, sca]", "methods: [dense]").replace("epochs: 1", "epochs: 2"))
+    config.write_text(TINY.replace("methods: [dense, sca]", "methods: [dense]").replace("epochs: 2", "epochs: 3"))
     assert quality.main(argv) == 2
     # an unfinished run (checkpoint, no metrics.json) needs --resume
     (runs / "dense-s0" / "metrics.json").unlink()
@@ -151,3 +151,30 @@ def test_quality_variant_errors(tmp_path, variants, message):
     bad.write_text(TINY.replace("methods: [dense, sca]", "methods: [dense, mine]") + "variants:\n" + variants)
     with pytest.raises(quality.ConfigError, match=message):
         quality.load_bench_config(bad)
+
+
+def test_quality_counts_collapsed_runs_and_pairs_seeds(tmp_path):
+    """A deliberately diverged row (lr 200) is flagged as collapsed in metrics.json, counted in its
+    table row and not in the healthy row's; paired differences to the best built-in and to a
+    named row are computed from the same seeds."""
+    quality = _load()
+    config = tmp_path / "collapse.yaml"
+    config.write_text(TINY.replace("methods: [dense, sca]", "methods: [sca, sca-diverged, l1]")
+                      .replace("seeds: [0]", "seeds: [0, 1]")
+                      + "paired_with: [sca]\nvariants:\n  sca-diverged: {method: sca, lr: 200.0}\n")
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    assert quality.main(["--config", str(config), "--out", str(out), "--runs-dir", str(runs)]) == 0
+    m = json.loads((runs / "sca-diverged-r0.5-s0" / "metrics.json").read_text())
+    assert m["collapse"]["collapsed"] and m["collapse"]["reasons"]
+    groups = {g["method"]: g for g in json.loads((out / "summary.json").read_text())["groups"]}
+    assert len(groups["sca-diverged"]["collapsed_runs"]) == 2
+    assert groups["l1"]["paired"]["best built-in"]["row"] == "l1" and groups["l1"]["paired"]["best built-in"]["mean"] == 0
+    pair = groups["sca-diverged"]["paired"]["sca"]
+    acc = {k: dict(zip(g["seeds"], g["accuracy_per_seed"])) for k, g in groups.items()}
+    assert pair["n"] == 2
+    assert abs(pair["mean"] - 100 * sum(acc["sca-diverged"][s] - acc["sca"][s] for s in (0, 1)) / 2) < 1e-9
+    assert pair["ci95"][0] <= pair["mean"] <= pair["ci95"][1]
+    rows = {line.split(" | ")[0][2:]: line for line in (out / "table.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| method")}
+    assert rows["sca-diverged"].startswith("| sca-diverged | 0.5 | 2 | 2 |")
+    assert "Δ vs best built-in" in (out / "table.md").read_text()

@@ -421,3 +421,35 @@ def test_cifar_broken_torchvision(tmp_path, monkeypatch, name, folder):
         load_dataset(name, data_root=tmp_path)
     msg = one_line(info)
     assert "torchvision" in msg and "nms does not exist" in msg and "install a torchvision build matching torch" in msg
+
+
+def test_cifar_splits_are_normalised_and_augmented_as_the_reference_code():
+    """The CIFAR loaders build their splits with the reference code's Normalize(mean, std) and, for
+    training only, RandomHorizontalFlip + RandomCrop(32, padding=4)."""
+    from sca_plugin.datasets.static import CIFAR_NORMALISATION, _splits_from_uint8
+
+    g = np.random.default_rng(0)
+    x = g.integers(0, 256, size=(6, 3, 32, 32), dtype=np.uint8)
+    y = np.arange(6) % 10
+    mean, std = CIFAR_NORMALISATION["cifar10"]
+    s = _splits_from_uint8("cifar10", (x, y, x, y), 0, None, None, "fake CIFAR-10", 10, mean=mean, std=std,
+                           augment=True)
+    expected = (torch.from_numpy(x[0]).float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    assert torch.allclose(s.test[0][0], expected, atol=1e-6)  # test split: normalised, never augmented
+    assert torch.allclose(s.test[0][0], s.test[0][0])
+    torch.manual_seed(0)
+    views = [s.train[0][0] for _ in range(20)]
+    assert any(not torch.allclose(v, expected) for v in views)  # augmented
+    assert all(v.shape == (3, 32, 32) for v in views)
+    # every view is the (possibly flipped) image shifted by at most 4 pixels, padded with black
+    black = (0.0 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    for v in views:
+        ok = False
+        for img in (expected, expected.flip(-1)):
+            padded = torch.cat([black.expand(3, 32, 4), img, black.expand(3, 32, 4)], -1)
+            padded = torch.cat([black.expand(3, 4, 40), padded, black.expand(3, 4, 40)], -2)
+            ok |= any(torch.allclose(v, padded[:, i:i + 32, j:j + 32], atol=1e-5) for i in range(9) for j in range(9))
+        assert ok
+    torch.manual_seed(0)
+    assert all(torch.equal(a, s.train[0][0]) for a in views[:1])  # reproducible under the seed
+    assert "augmented" in s.description and "normalised" in s.description

@@ -169,8 +169,8 @@ def test_example_inputs_of_the_wrong_shape(model):
 
 def test_torch_pruning_options_without_meaning_here_are_refused(model, x):
     snap = snapshot(model)
-    with pytest.raises(TypeError, match="pruning_ratio_dict"):
-        SCAPruner(model, x, ignored_layers=[model.classifier], pruning_ratio_dict={model.features[0]: 0.2})
+    with pytest.raises(TypeError, match="iterative_steps"):
+        SCAPruner(model, x, ignored_layers=[model.classifier], iterative_steps=3)
     assert_unchanged(model, snap)
 
 

@@ -140,11 +140,11 @@ def test_compress_without_training_duration_raises():
 
 
 # ---------------------------------------------------------------------- compress through the evaluator
-def compressed(arch, steps=4, interval=2):
+def compressed(arch, steps=4, interval=2, **kw):
     model, c = build(arch)
     x, y = batch(c)
     pruner = SCAPruner(model, CONFIG, evaluator(model, x, y), regrow_ratio=0.1, interval_steps=interval,
-                       example_inputs=x[:2])
+                       example_inputs=x[:2], **kw)
     returned, masks = pruner.compress(max_steps=steps)
     assert returned is model
     return model, pruner, masks, x
@@ -223,7 +223,7 @@ def test_nni_and_torch_pruning_front_ends_pick_the_same_channels(arch):
         F.cross_entropy(model(x), y).backward()
         functional.reset_net(model)
 
-    for update in range(2):  # the second update starts from the first's masks (incremental mode)
+    for update in range(2):  # the second update after training on the first's masks
         for _ in range(2):
             step(m_nni)
             step(m_tp)
@@ -237,8 +237,31 @@ def test_nni_and_torch_pruning_front_ends_pick_the_same_channels(arch):
 
 
 # ---------------------------------------------------------------------- straight-through masks
+def test_masked_channels_are_reset_and_keep_the_regrowth_signal():
+    """masking='reset' (default): after an update the masked channels' BatchNorm weight and bias are
+    zero in the parameters NNI trains, and their BN-scale gradient (the regrowth signal) is not."""
+    model, pruner, masks, x = compressed("digits", steps=2, interval=2)  # the last step updated the masks
+    y = torch.randint(0, 10, (x.shape[0],))
+    model.train()
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    functional.reset_net(model)
+    checked = 0
+    for name, wrapper in ((n, m._nni_wrapper) for n, m in model.named_modules() if hasattr(m, "_nni_wrapper")):
+        if isinstance(wrapper.module, nn.BatchNorm2d):
+            dead = ~channel_keep(masks[name]["weight"])
+            if dead.any():
+                weight = wrapper.pruning_target_spaces["weight"].target
+                assert torch.count_nonzero(weight[dead]) == 0
+                assert torch.count_nonzero(wrapper.pruning_target_spaces["bias"].target[dead]) == 0
+                assert weight.grad[dead].abs().sum() > 0
+                checked += 1
+    assert checked > 0
+    pruner.unwrap_model()
+
+
 def test_masked_channels_still_receive_gradients():
-    model, pruner, masks, x = compressed("digits")
+    model, pruner, masks, x = compressed("digits", masking="mask")
     y = torch.randint(0, 10, (x.shape[0],))
     model.train()
     model.zero_grad()

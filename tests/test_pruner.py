@@ -103,7 +103,8 @@ def test_without_regrowth_the_masked_channels_are_the_lowest_scoring(digits_batc
     torch.manual_seed(0)
     model = digits_cnn(T=2)
     x, y = digits_batch
-    pruner = SCAPruner(model, x[:2], pruning_ratio=0.5, regrow_ratio=0.0, ignored_layers=[model.classifier])
+    pruner = SCAPruner(model, x[:2], pruning_ratio=0.5, regrow_ratio=0.0, ignored_layers=[model.classifier],
+                       max_pruning_ratio=1.0)
     train_steps(model, x, y, 2, pruner)
     scores = torch.cat([pruner.importance(g) for _, g in pruner.groups])
     pruner.update_masks()
@@ -122,7 +123,9 @@ def test_regrowth_picks_masked_channels_with_largest_accumulated_bn_gradient(dig
     torch.manual_seed(0)
     model = digits_cnn(T=2)
     x, y = digits_batch
-    pruner = SCAPruner(model, x[:2], pruning_ratio=0.5, regrow_ratio=0.2, ignored_layers=[model.classifier], l1=0.0)
+    # the plain rule: no per-layer cap, the mean gradient (the defaults of masking / regrow_signal)
+    pruner = SCAPruner(model, x[:2], pruning_ratio=0.5, regrow_ratio=0.2, ignored_layers=[model.classifier], l1=0.0,
+                       max_pruning_ratio=1.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     grads = []
     for i in range(2):  # two batches: regrowth must use both, not just the last
@@ -255,7 +258,8 @@ def test_any_torch_pruning_importance_can_rank(digits_batch):
     x, y = digits_batch
     model = digits_cnn(T=2)
     imp = tp.importance.GroupMagnitudeImportance(p=1, normalizer=None)
-    pruner = SCAPruner(model, x[:2], importance=imp, regrow_ratio=0.0, ignored_layers=[model.classifier])
+    pruner = SCAPruner(model, x[:2], importance=imp, regrow_ratio=0.0, ignored_layers=[model.classifier],
+                       max_pruning_ratio=1.0)
     train_steps(model, x, y, 1, pruner)
     scores = torch.cat([imp(g) for _, g in pruner.groups])
     pruner.update_masks()

@@ -69,7 +69,7 @@ def test_incremental_exchanges_channels_rebuild_may_regrow_what_it_just_pruned()
 def test_masked_channels_stay_masked_without_regrowth_in_incremental_mode():
     prev = [torch.tensor([False, False, True, True, True, True])]
     scores = [torch.tensor([9.0, 9.0, 1.0, 2.0, 3.0, 4.0])]  # stale high scores of masked channels
-    sel = select_channels(scores, None, prev, 1 / 3, 0.0)
+    sel = select_channels(scores, None, prev, 1 / 3, 0.0, mode="incremental")
     assert sel.keep[0].tolist() == [False, False, True, True, True, True]
 
 

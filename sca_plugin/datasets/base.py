@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Sequence, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -50,25 +50,46 @@ class DatasetSplits:
 class ArrayDataset(Dataset):
     """Images held in memory as one tensor ``[N, C, H, W]`` (uint8 or float) plus int64 labels.
 
-    Items are ``(images[i] as float32 * scale, int(labels[i]))``; :meth:`tensors` gives the whole
-    split at once (handy for full-batch work on small data sets).
+    Items are ``(images[i] as float32 * scale, int(labels[i]))``, optionally augmented (random
+    horizontal flip, random crop after zero padding by ``crop_padding``) and normalised per channel
+    (``mean``, ``std``), in torchvision's order; :meth:`tensors` gives the whole split at once,
+    normalised, not augmented (handy for full-batch work on small data sets).
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, scale: float = 1.0):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, scale: float = 1.0,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 crop_padding: int = 0, flip: bool = False):
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        if (mean is None) != (std is None):
+            raise ValueError("give both mean and std (per-channel normalisation) or neither")
         self.images = images
         self.labels = labels.to(torch.int64)
         self.scale = float(scale)
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.crop_padding = int(crop_padding)
+        self.flip = bool(flip)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.mean is None else (x - self.mean) / self.std
 
     def __getitem__(self, index):
         x = self.images[index].to(torch.float32)
         if self.scale != 1.0:
             x = x * self.scale
-        return x, int(self.labels[index])
+        # torchvision's RandomHorizontalFlip, RandomCrop(size, padding) (zero = black padding), then Normalize
+        if self.flip and bool(torch.rand(()) < 0.5):
+            x = x.flip(-1)
+        if self.crop_padding:
+            p = self.crop_padding
+            h, w = x.shape[-2:]
+            i, j = (int(v) for v in torch.randint(0, 2 * p + 1, (2,)))
+            x = torch.nn.functional.pad(x, (p, p, p, p))[..., i:i + h, j:j + w]
+        return self._normalise(x), int(self.labels[index])
 
     @property
     def targets(self) -> torch.Tensor:
@@ -79,7 +100,7 @@ class ArrayDataset(Dataset):
         x = self.images.to(torch.float32)
         if self.scale != 1.0:
             x = x * self.scale
-        return x, self.labels
+        return self._normalise(x), self.labels
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Static image data sets: digits, MNIST, Fashion-MNIST, CIFAR-10/100.
 
-All yield float32 ``[C, H, W]`` images in [0, 1] (no mean/std normalisation: the spiking models
-encode pixel values directly) and ``int`` labels.
+All yield float32 ``[C, H, W]`` images and ``int`` labels: in [0, 1] (the spiking models encode
+pixel values directly), except CIFAR, which is normalised per channel and augmented in training
+(random crop with 4-pixel padding, horizontal flip) as the SCA reference code does.
 """
 from __future__ import annotations
 
@@ -49,25 +50,34 @@ def _subset(x: np.ndarray, y: np.ndarray, limit, seed: int, train: bool):
     return x[idx], y[idx]
 
 
+#: the SCA reference code's CIFAR normalisation (train.py), per channel
+CIFAR_NORMALISATION = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2430, 0.2610)),
+                       "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))}
+
+
 def _splits_from_uint8(name, arrays: Arrays, seed, train_limit, test_limit, description,
-                       num_classes: int = 10) -> DatasetSplits:
+                       num_classes: int = 10, mean=None, std=None, augment: bool = False) -> DatasetSplits:
     """uint8 images ``[N, H, W]`` or ``[N, C, H, W]`` (values 0..255) -> DatasetSplits."""
     x_tr, y_tr, x_te, y_te = arrays
     x_tr, y_tr = _subset(x_tr, y_tr, train_limit, seed, True)
     x_te, y_te = _subset(x_te, y_te, test_limit, seed, False)
 
-    def make(x, y):
+    def make(x, y, train):
         x = np.ascontiguousarray(x, dtype=np.uint8)
         if x.ndim == 3:
             x = x[:, None]
-        return ArrayDataset(torch.from_numpy(x.copy()), torch.from_numpy(np.asarray(y, dtype=np.int64)), 1.0 / 255.0)
+        return ArrayDataset(torch.from_numpy(x.copy()), torch.from_numpy(np.asarray(y, dtype=np.int64)), 1.0 / 255.0,
+                            mean=mean, std=std, crop_padding=4 if augment and train else 0, flip=augment and train)
 
-    train, test = make(x_tr, y_tr), make(x_te, y_te)
+    train, test = make(x_tr, y_tr, True), make(x_te, y_te, False)
     c, h, w = train.images.shape[1:]
+    values = "normalised (mean/std per channel)" if mean is not None else "in [0, 1]"
+    if augment:
+        values += "; training images augmented (random crop, padding 4, horizontal flip)"
     return DatasetSplits(
         train=train, test=test, num_classes=num_classes, in_channels=int(c), input_size=(int(h), int(w)),
         kind="static", simulated=False, name=name,
-        description=f"{description}; {len(train)} train / {len(test)} test, {h}x{w}x{c} in [0, 1]",
+        description=f"{description}; {len(train)} train / {len(test)} test, {h}x{w}x{c} {values}",
     )
 
 
@@ -291,8 +301,9 @@ def _cifar(name: str, label: str, folder: str, class_name: str, num_classes: int
         np.asarray(train.data).transpose(0, 3, 1, 2), np.asarray(train.targets, np.int64),
         np.asarray(test.data).transpose(0, 3, 1, 2), np.asarray(test.targets, np.int64),
     )
+    mean, std = CIFAR_NORMALISATION[name]
     return _splits_from_uint8(name, arrays, seed, train_limit, test_limit, f"{label} (real, {root / folder})",
-                              num_classes)
+                              num_classes, mean=mean, std=std, augment=True)
 
 
 def load_cifar10_dataset(data_root=None, time_steps=4, seed=0, train_limit=None, test_limit=None) -> DatasetSplits:

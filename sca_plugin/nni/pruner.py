@@ -55,8 +55,9 @@ from nni.compression.utils.evaluator import Evaluator, Hook, TensorHook
 from ..activity import DEFINITIONS, MembraneActivityRecorder
 from ..graph import SpikingMetaPruner
 from ..importance import SCAImportance, group_channel_mean, group_members
-from ..masking import StraightThroughMask, mask_targets, output_channel_dim, group_producers
-from ..regrowth import GradientMagnitudes
+from ..masking import StraightThroughMask, mask_targets, output_channel_dim, group_producers, parameter_entries, \
+    zero_channels
+from ..regrowth import REGROW_SIGNALS, GradientMagnitudes
 from ..neurons import is_spiking_neuron
 from ..selection import MODES, select_channels
 
@@ -70,7 +71,7 @@ DEFER_APPLY_METHOD = "sca_defer"
 _PRODUCER_TYPES = (ops.TORCH_CONV, ops.TORCH_LINEAR)
 _ALLOWED_KEYS = {"op_types", "op_names", "op_names_re", "exclude_op_names", "exclude_op_types",
                  "exclude_op_names_re", "target_names", "sparse_ratio", "global_group_id",
-                 "dependency_group_id", "granularity"}
+                 "dependency_group_id", "granularity", "max_sparse_ratio"}
 
 
 # ---------------------------------------------------------------------- apply methods
@@ -134,6 +135,7 @@ class _Group:
         self.output_masked = output_masked  # layers whose outputs are masked during training (STE)
         self.configured: List[str] = []
         self.sparse_ratio: float = 0.0
+        self.max_sparse_ratio: float = 1.0
         self.global_group_id = None
         self.rep: str = ""          # the configured module whose target space holds the sparse_ratio
 
@@ -150,7 +152,8 @@ class SCAPruner(Pruner):
             channels of all modules with that id together, as in the paper), ``dependency_group_id``
             (accepted; the dependency graph decides coupling and must not be contradicted),
             ``target_names`` (subset of ``['weight', 'bias']``), ``granularity`` (``'default'`` or
-            ``'out_channel'``). BatchNorms and spiking neurons are never configured: they are found
+            ``'out_channel'``), ``max_sparse_ratio`` (no group loses more than this fraction of its
+            channels; default ``(1 + sparse_ratio) / 2``, as the core's ``max_pruning_ratio``). BatchNorms and spiking neurons are never configured: they are found
             from the graph.
         evaluator: an NNI ``Evaluator`` (e.g. ``TorchEvaluator``) that trains the model; required by
             ``compress()``.
@@ -161,7 +164,13 @@ class SCAPruner(Pruner):
             scheduled pruner sets it).
         example_inputs: inputs exactly as ``model`` takes them, to trace the dependency graph.
         definition: SCA activity definition, ``'spike_plus_v'`` (reference code) or ``'membrane_l1'``.
-        mode: ``'incremental'`` or ``'rebuild'`` (see :mod:`sca_plugin.selection`).
+        mode: ``'rebuild'`` (default, reference code) or ``'incremental'`` (see :mod:`sca_plugin.selection`).
+        masking: ``'reset'`` (default), ``'reset-filters'`` or ``'mask'``, as for the core
+            :class:`sca_plugin.SCAPruner`: at every update the masked channels' BatchNorm weight and
+            bias (``'reset-filters'``: and conv filter rows) are zeroed, so their parameters cannot
+            drift while the straight-through mask hides them; ``'mask'`` never resets. (The core's
+            ``'soft'`` has no forward mask, which NNI's target spaces cannot express.)
+        regrow_signal: ``'mean'`` (default) or ``'last'`` ``|dL/dgamma|`` since the last update.
         min_channels / round_to: floors of the kept channel count per group.
         l1: L1 penalty ``l1 * sign(W)`` added to conv-weight gradients before every optimizer step
             during ``compress()`` (reference code uses 3e-5; 0 disables).
@@ -174,12 +183,20 @@ class SCAPruner(Pruner):
     def __init__(self, model: nn.Module, config_list: List[Dict], evaluator: Optional[Evaluator] = None,
                  regrow_ratio: float = 0.1, interval_steps: int = 100,
                  total_times: int | Literal["unlimited"] = "unlimited", example_inputs: Any = None, *,
-                 definition: str = "spike_plus_v", mode: str = "incremental", min_channels: int = 1,
-                 round_to: Optional[int] = None, l1: float = 0.0, forward_fn=None,
+                 definition: str = "spike_plus_v", mode: str = "rebuild", min_channels: int = 1,
+                 round_to: Optional[int] = None, l1: float = 0.0, forward_fn=None, masking: str = "reset",
+                 regrow_signal: str = "mean",
                  existed_wrappers: Optional[Dict[str, ModuleWrapper]] = None):
         # ---- everything below is checked before the model is traced or wrapped
         self._validate_arguments(model, evaluator, regrow_ratio, interval_steps, total_times, example_inputs,
                                  definition, mode, min_channels, round_to, l1)
+        if masking not in ("reset", "reset-filters", "mask"):
+            raise ValueError(f"masking must be 'reset', 'reset-filters' or 'mask' for the NNI pruner, got {masking!r} "
+                             "('soft' needs no forward mask: use sca_plugin.SCAPruner)")
+        if regrow_signal not in REGROW_SIGNALS:
+            raise ValueError(f"regrow_signal must be one of {REGROW_SIGNALS}, got {regrow_signal!r}")
+        self.masking = masking
+        self.regrow_signal = regrow_signal
         user_configs = self._validate_config_list(model, config_list, regrow_ratio)
         self.user_config_list = deepcopy(config_list)
         self.regrow_ratio = float(regrow_ratio)
@@ -262,7 +279,7 @@ class SCAPruner(Pruner):
             unsupported = sorted(set(config) - _ALLOWED_KEYS)
             if unsupported:
                 raise ValueError(f"{where}: SCAPruner does not support the keys {unsupported}; it uses "
-                                 f"{sorted(_ALLOWED_KEYS)} ('sparse_threshold', 'max/min_sparse_ratio', "
+                                 f"{sorted(_ALLOWED_KEYS)} ('sparse_threshold', 'min_sparse_ratio', "
                                  "'apply_method' and 'target_settings' have no meaning for SCA)")
             if "sparse_ratio" not in config:
                 raise ValueError(f"{where}: missing 'sparse_ratio' (the fraction of channels to mask, in [0, 1))")
@@ -270,6 +287,10 @@ class SCAPruner(Pruner):
             if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
                 raise ValueError(f"{where}: sparse_ratio must be a number in [0, 1), got {ratio!r}")
             config["sparse_ratio"] = float(ratio)  # NNI's schema wants a float
+            cap = config.setdefault("max_sparse_ratio", (1.0 + float(ratio)) / 2.0)
+            if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not ratio <= cap <= 1.0:
+                raise ValueError(f"{where}: max_sparse_ratio must be in [sparse_ratio, 1], got {cap!r}")
+            config["max_sparse_ratio"] = float(cap)
             if regrow_ratio > config["sparse_ratio"]:
                 raise ValueError(
                     f"{where}: regrow_ratio ({regrow_ratio}) is larger than sparse_ratio ({ratio}): only masked "
@@ -332,12 +353,14 @@ class SCAPruner(Pruner):
             g.configured = [configured[m][0] for m in members]
             configs = [configured[m][1] for m in members]
             names = ", ".join(g.configured)
-            if len({c["sparse_ratio"] for c in configs}) > 1 or len({c.get("global_group_id") for c in configs}) > 1:
+            if len({(c["sparse_ratio"], c["max_sparse_ratio"]) for c in configs}) > 1 \
+                    or len({c.get("global_group_id") for c in configs}) > 1:
                 raise ValueError(
                     f"{names} share their output channels (one Torch-Pruning dependency group: e.g. convolutions "
                     "added by a residual connection), so they are pruned together, but their configs give different "
-                    "sparse_ratio or global_group_id values; configure them identically")
+                    "sparse_ratio, max_sparse_ratio or global_group_id values; configure them identically")
             g.sparse_ratio = configs[0]["sparse_ratio"]
+            g.max_sparse_ratio = configs[0]["max_sparse_ratio"]
             g.global_group_id = configs[0].get("global_group_id")
             g.rep = g.configured[0]
             if not group_members(group, is_spiking_neuron):
@@ -467,7 +490,7 @@ class SCAPruner(Pruner):
             if not self._growth:
                 raise RuntimeError("no BatchNorm gradients were recorded for regrowth: call loss.backward() in "
                                    "training before the masks are generated")
-            for bn, mean in self._growth.means().items():
+            for bn, mean in self._growth.signal(self.regrow_signal).items():
                 data[self.module_names[bn]]["_weight_grad"] = mean
         return dict(data)
 
@@ -509,7 +532,7 @@ class SCAPruner(Pruner):
             previous = None if self._keep[idx[0]] is None else [self._keep[i] for i in idx]
             selection = select_channels([scores[i] for i in idx], [growth[i] for i in idx], previous, sparsity,
                                         self.regrow_ratio, key[0] == "global", self.min_channels, self.round_to,
-                                        self.selection_mode)
+                                        self.selection_mode, max(self._groups[i].max_sparse_ratio for i in idx))
             for i, keep in zip(idx, selection.keep):
                 new_keep[i] = keep
             summary["pruned"] += int(sum(len(p) for p in selection.pruned))
@@ -523,6 +546,30 @@ class SCAPruner(Pruner):
         self.recorder.reset()
         self._growth.clear()
         return masks
+
+    def update_masks(self, masks: Dict[str, Dict[str, torch.Tensor]]) -> None:
+        """NNI's ``update_masks``, then :meth:`reset_masked_channels` (so a hand-written loop calling
+        ``pruner.update_masks(pruner.generate_masks())`` resets as ``compress()`` does)."""
+        super().update_masks(masks)
+        self.reset_masked_channels()
+
+    @torch.no_grad()
+    def reset_masked_channels(self) -> int:
+        """Zero the masked channels' BatchNorm weight and bias (``masking='reset-filters'``: and the
+        filter rows) in the parameters NNI trains; :meth:`update_masks` calls it. Returns the slices zeroed."""
+        if self.masking == "mask":
+            return 0
+        zeroed = 0
+        for g, keep in zip(self._groups, self._keep):
+            if keep is not None:
+                zeroed += zero_channels(parameter_entries(g.producers, g.bns), keep, self._parameter,
+                                        filters=self.masking == "reset-filters")
+        return zeroed
+
+    def _parameter(self, module: nn.Module, name: str) -> torch.Tensor:
+        """A layer's parameter ``name``, wherever NNI keeps it while the model is wrapped."""
+        space = self._target_spaces.get(self.module_names[module], {}).get(name)
+        return getattr(module, name) if space is None or space.target is None else space.target
 
     def _current_sparse_ratio(self, g: _Group) -> float:
         # read from the target space so that AGP/Linear scheduled pruners can change it

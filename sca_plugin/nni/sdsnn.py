@@ -95,7 +95,7 @@ class SDSNNPruner(Pruner):
         for spaces in self._target_spaces.values():
             for space in spaces.values():
                 space.apply_method = DEFER_APPLY_METHOD  # masks recorded, not applied: synapses keep training
-        self.core.weight_of = self._parameter
+        self.core.parameter_of = self._parameter
 
     @staticmethod
     def _select(model: nn.Module, config_list: List[Dict]) -> Dict[str, nn.Module]:
@@ -120,10 +120,10 @@ class SDSNNPruner(Pruner):
             selected.update(modules)
         return selected
 
-    def _parameter(self, module: nn.Module) -> torch.Tensor:
-        """The weight parameter of a managed layer, wherever NNI keeps it while wrapped."""
-        space = self._target_spaces.get(self.module_names[module], {}).get("weight") if self._is_wrapped else None
-        return module.weight if space is None else space.target
+    def _parameter(self, module: nn.Module, name: str = "weight") -> torch.Tensor:
+        """A managed layer's parameter ``name``, wherever NNI keeps it while wrapped."""
+        space = self._target_spaces.get(self.module_names[module], {}).get(name) if self._is_wrapped else None
+        return getattr(module, name) if space is None else space.target
 
     # ------------------------------------------------------------------ NNI pipeline
     def _collect_data(self) -> Dict[str, Dict[str, torch.Tensor]]:
