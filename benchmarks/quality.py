@@ -52,7 +52,7 @@ _NUM_CLASSES = {"cifar100": 100, "dvs-gesture": 11}
 # settings the harness controls itself; a config may not set them
 HARNESS_FIELDS = {"method", "pruning_ratio", "seed", "output_dir", "resume", "progress", "dense_baseline"}
 # fields that may differ between a finished run's config and the requested one
-RUN_FREE_FIELDS = {"output_dir", "resume", "progress", "tensorboard", "device"}
+RUN_FREE_FIELDS = {"output_dir", "resume", "progress", "tensorboard", "device", "compile"}
 COPY_LIMIT_BYTES = 256 * 1024
 
 
@@ -395,7 +395,8 @@ def _schedule(run: Dict[str, Any]) -> str:
     if c.method == "dense":
         return "no pruning"
     if c.method == "sdsnn":
-        return (f"SD-SNN structural development every epoch (sparsity emerges; N = {c.effective_sdsnn_n}, "
+        return (f"SD-SNN structural development each epoch for {c.epochs - c.effective_fixed_mask_epochs} of "
+                f"{c.epochs} epochs (sparsity emerges; N = {c.effective_sdsnn_n}, "
                 f"initial conv rate {c.sdsnn_initial_rate:g}%, regeneration cap {c.sdsnn_regen_cap:g}, "
                 f"ranges on {c.sdsnn_range_layers} layers)")
     rank = "global ranking" if c.effective_global_pruning else "per-layer ranking"
@@ -424,7 +425,8 @@ def table_markdown(groups: List[Dict[str, Any]], cfg: Dict[str, Any], info: Dict
         f"# Quality benchmark: `{cfg['name']}`",
         "",
         f"Command: `{info['command']}`  ",
-        f"Machine: {info['cpu_model']}, {info['cpu_cores']} cores ({info['torch_threads']} torch threads), "
+        f"Machine: {info['cpu_model']}, {info['cpu_cores']} cores ({info.get('workers', 1)} run(s) at once, "
+        f"{info['torch_threads']} torch thread(s) each), "
         f"torch {info['torch_version']}, Python {info['python_version']}, device `{info['device']}`, {info['date']}.  ",
         f"Sweep: {len(sweep['trained'])} runs trained, {len(sweep['reused'])} reused from earlier invocations; "
         f"{sweep['elapsed_s']:.1f} s wall time for this invocation "
@@ -462,8 +464,9 @@ def table_markdown(groups: List[Dict[str, Any]], cfg: Dict[str, Any], info: Dict
     references = list(dict.fromkeys(k for g in groups for k in (g.get("paired") or {})))
     if references:
         lines += ["Paired differences (accuracy points; same seeds; mean and 95% t-interval of the per-seed "
-                  "differences) to " + ", ".join(f"`{r}`" for r in references) + " (`best built-in`: the Torch-Pruning "
-                  "or NNI row with the highest mean accuracy at that ratio). "
+                  "differences) to " + ", ".join(f"`{r}`" for r in references)
+                  + (" (`best built-in`: the Torch-Pruning or NNI row with the highest mean accuracy at that ratio). "
+                     if "best built-in" in references else ". ") +
                   "Collapsed: runs whose final training loss is at or above 0.8 ln(classes) or whose accuracy is "
                   "within 5 points of chance (`sca_plugin.collapse`); they are counted here and included in the "
                   "mean, never dropped silently.", ""]
@@ -607,6 +610,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sweep["run_wall_time_sum_s"] = sum(float(m.get("wall_time_s") or 0.0) for m in sweep["metrics"].values())
 
     info = machine_info("cpu")
+    if args.threads is not None:  # the runs' own thread count, not this process's
+        info["torch_threads"] = args.threads
+    info["workers"] = args.workers
     info["device"] = ", ".join(sorted({str(it["config"].device) for it in plan}))
     if argv is not None:  # called from Python (tests): record the equivalent command line
         info["command"] = "python benchmarks/quality.py " + " ".join(argv)

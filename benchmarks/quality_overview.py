@@ -40,7 +40,8 @@ def overview(summaries: List[dict]) -> str:
         for g in s["groups"]:
             r = None if _emergent(g) else g["pruning_ratio"]
             if g["accuracy_mean"] is not None:
-                cell[(s["config"]["name"], g["method"], r)] = (100 * g["accuracy_mean"], 100 * g["accuracy_std"])
+                cell[(s["config"]["name"], g["method"], r)] = (100 * g["accuracy_mean"], 100 * g["accuracy_std"],
+                                                               len(g.get("collapsed_runs") or []), g["n"])
     best = {}
     for s, r in cols:
         vals = [cell[(s["config"]["name"], m, r)][0] for m in rows if (s["config"]["name"], m, r) in cell]
@@ -52,7 +53,7 @@ def overview(summaries: List[dict]) -> str:
         d = cell.get((c["name"], "dense", None))
         lines.append(f"| {c['name'].replace('quality_', '')} | `{c['dataset']}`, `{c['model']}` w{c.get('width', 1.0)}, "
                      f"T={c.get('time_steps', 4)}, {c.get('epochs')} epochs, train {c.get('train_limit') or 'all'}, "
-                     f"seeds {c['seeds']} | {'–' if d is None else f'{d[0]:.2f} ± {d[1]:.2f}'} |")
+                     f"seeds {c['seeds']} | {'–' if d is None else f'{d[0]:.2f} ± {d[1]:.2f} (n={d[3]})'} |")
     emergent = [g for s in summaries for g in s["groups"] if _emergent(g) and g["method"] != "dense"]
     if emergent:
         lines += ["", "Rows whose sparsity emerges (no ratio asked for): accuracy at the channel sparsity reached.", "",
@@ -75,7 +76,9 @@ def overview(summaries: List[dict]) -> str:
                 vals.append("–")
                 continue
             txt = f"{v[0]:.2f} ± {v[1]:.2f}"
-            vals.append(f"**{txt}**" if best[(s["config"]["name"], r)] == v[0] else txt)
+            txt = f"**{txt}**" if best[(s["config"]["name"], r)] == v[0] else txt
+            txt += f" (n={v[3]}{f', {v[2]} collapsed' if v[2] else ''})"
+            vals.append(txt)
         lines.append(f"| {m} | " + " | ".join(vals) + " |")
     machine = summaries[0]["machine"] if summaries else {}
     return ("# Quality benchmarks: overview\n\n"
@@ -83,8 +86,8 @@ def overview(summaries: List[dict]) -> str:
             f"columns are in `benchmarks/results/<task>/table.md`. Machine of the first task: "
             f"{machine.get('cpu_model', '?')}, {machine.get('cpu_cores', '?')} cores, torch "
             f"{machine.get('torch_version', '?')}.\n\n"
-            "Test accuracy (%) of the finalized (physically pruned) model, mean ± std over seeds; bold = best "
-            "mean of the column.\n\n" + "\n".join(lines) + "\n")
+            "Test accuracy (%) of the finalized (physically pruned) model, mean ± std over the seeds finished "
+            "(n; collapsed runs counted, included in the mean); bold = best mean of the column.\n\n" + "\n".join(lines) + "\n")
 
 
 def _emergent(group: dict) -> bool:

@@ -48,8 +48,11 @@ class MembraneActivityRecorder:
         if definition not in DEFINITIONS:
             raise ValueError(f"unknown activity definition {definition!r}; use one of {DEFINITIONS}")
         self.definition = definition
+        # per neuron layer: running per-channel sums and the number of values summed (a float64
+        # tensor of one element: exact for integers, and updated in place, so torch.compile'd training sees the same
+        # Python state at every step and does not recompile)
         self.sums: Dict[nn.Module, torch.Tensor] = {}
-        self.counts: Dict[nn.Module, int] = {}
+        self.counts: Dict[nn.Module, torch.Tensor] = {}
         self.enabled = True
         self._handles: List = []
         self._v_prev: Dict[nn.Module, object] = {}
@@ -105,17 +108,16 @@ class MembraneActivityRecorder:
         modules = [m for m in order if m in self.sums]
         for m in modules:
             all_reduce_sum_(self.sums[m])
-        if modules:
-            counts = torch.tensor([float(self.counts[m]) for m in modules], dtype=torch.float64,
-                                  device=self.sums[modules[0]].device)
-            all_reduce_sum_(counts)
-            for m, c in zip(modules, counts.tolist()):
-                self.counts[m] = int(c)
+        for m in modules:
+            all_reduce_sum_(self.counts[m])
 
     def reset(self) -> None:
-        """Forget the statistics (called after every mask update)."""
-        self.sums.clear()
-        self.counts.clear()
+        """Forget the statistics (called after every mask update). The accumulators are zeroed in
+        place (a compiled training step keeps using them)."""
+        with torch.no_grad():
+            for m in self.sums:
+                self.sums[m].zero_()
+                self.counts[m].zero_()
 
     # ------------------------------------------------------------------ hooks
     def _active(self, module: nn.Module) -> bool:
@@ -154,31 +156,35 @@ class MembraneActivityRecorder:
             dims = [d for d in range(act.dim()) if d != dim]
             channel_sum = act.sum(dim=dims, dtype=torch.float32)
             count = act.numel() // act.shape[dim]
-        if module in self.sums:
-            if self.sums[module].shape != channel_sum.shape:
-                raise RuntimeError(
-                    f"{type(module).__name__} now has {channel_sum.numel()} channels but its SCA statistics were "
-                    f"recorded with {self.sums[module].numel()}: the model was pruned since. Call reset() to start "
-                    "new statistics, or detach() the importance once pruning is done")
-            self.sums[module] += channel_sum
-            self.counts[module] += count
-        else:
-            self.sums[module] = channel_sum
-            self.counts[module] = count
+            if module in self.sums and self.sums[module].shape != channel_sum.shape:
+                if bool(self.counts[module] != 0):
+                    raise RuntimeError(
+                        f"{type(module).__name__} now has {channel_sum.numel()} channels but its SCA statistics "
+                        f"were recorded with {self.sums[module].numel()}: the model was pruned since. Call reset() "
+                        "to start new statistics, or detach() the importance once pruning is done")
+                del self.sums[module], self.counts[module]  # reset since: nothing recorded is lost
+            if module in self.sums:
+                self.sums[module].add_(channel_sum)
+                self.counts[module].add_(count)
+            else:
+                self.sums[module] = channel_sum
+                # shape (1,), not 0-d: torch.compile treats 0-d CPU tensors as scalars and drops in-place updates
+                self.counts[module] = torch.full((1,), float(count), dtype=torch.float64, device=channel_sum.device)
 
     # ------------------------------------------------------------------ results
     def score(self, module: nn.Module) -> Optional[torch.Tensor]:
         """Mean activity per channel of ``module`` since the last reset, or None if none was seen."""
-        if module not in self.sums or self.counts[module] == 0:
+        if module not in self.sums or float(self.counts[module]) == 0:
             return None
-        return self.sums[module] / self.counts[module]
+        return self.sums[module] / float(self.counts[module])
 
     def state_dict(self, names: Dict[nn.Module, str]) -> dict:
-        return {names[m]: {"sum": s.detach().cpu().clone(), "count": self.counts[m]} for m, s in self.sums.items()}
+        return {names[m]: {"sum": s.detach().cpu().clone(), "count": int(self.counts[m])}
+                for m, s in self.sums.items() if float(self.counts[m]) != 0}
 
     def load_state_dict(self, state: dict, modules: Dict[str, nn.Module], device=None) -> None:
         self.reset()
         for name, entry in state.items():
             m = modules[name]
             self.sums[m] = entry["sum"].to(device) if device is not None else entry["sum"].clone()
-            self.counts[m] = int(entry["count"])
+            self.counts[m] = torch.full((1,), float(entry["count"]), dtype=torch.float64, device=self.sums[m].device)

@@ -72,8 +72,11 @@ class ChannelMasker:
         """Mask ``module``'s output channels where ``keep`` is False (a bool vector)."""
         if module not in self.masks:
             self._handles.append(module.register_forward_hook(self._hook))
-        # decided here, at update time, so the forward hook never synchronises with the device
-        self.masks[module] = None if bool(keep.all()) else keep.float()
+        current = self.masks.get(module)
+        if current is not None and current.shape == keep.shape and current.device == keep.device:
+            current.copy_(keep)  # in place: a torch.compile'd forward keeps its graph
+        else:
+            self.masks[module] = keep.float()
 
     def _hook(self, module: nn.Module, args, output):
         keep = self.masks.get(module)

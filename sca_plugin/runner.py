@@ -39,7 +39,7 @@ CHECKPOINT, METRICS, MODEL, MODEL_STATE = "checkpoint.pt", "metrics.json", "mode
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the checkpoint of the epoch before, kept until the next one is written
 BASELINE = "dense_baseline.json"
 # settings that may differ between an interrupted run and its resumption
-_RESUME_FREE = {"resume", "progress", "tensorboard", "device", "output_dir"}
+_RESUME_FREE = {"resume", "progress", "tensorboard", "device", "output_dir", "compile"}
 
 
 class RunError(RuntimeError):
@@ -419,7 +419,7 @@ def _scheduler(cfg: TrainConfig, optimizer):
 
 def _train_loop(cfg, model, pruner, optimizer, scheduler, train_loader, test_loader, kind, device, first_epoch,
                 epochs_log, log, writer=None, after_epoch=None, tag="", oneshot=None) -> None:
-    net = _ddp(model, device)
+    net = _ddp(model, device, cfg.compile)
     for epoch in range(first_epoch, cfg.epochs):
         updating = pruner is not None and _updates_in_epoch(cfg, epoch)
         loss = _train_epoch(model, train_loader, kind, optimizer, pruner, device, cfg, updating, epoch, net)
@@ -430,7 +430,7 @@ def _train_loop(cfg, model, pruner, optimizer, scheduler, train_loader, test_loa
             pruner.fix_masks()  # the remaining epochs train the final structure
         if oneshot is not None and _updates_in_epoch(cfg, epoch):
             optimizer, scheduler = oneshot(epoch + 1, optimizer, scheduler)
-            net = _ddp(model, device)  # the pruned model has new parameters
+            net = _ddp(model, device, cfg.compile)  # the pruned model has new parameters
             log(f"{tag}{cfg.method}: pruned once after epoch {epoch + 1} and removed the channels "
                 f"({sum(len(v) for v in oneshot.record['removed_channels'].values())} removed)")
         acc = _evaluate(model, test_loader, kind, device)
@@ -475,12 +475,15 @@ def _dense_baseline(cfg, out, splits, train_loader, test_loader, example, device
     return result
 
 
-def _ddp(model: nn.Module, device) -> nn.Module:
-    """The module the training forward goes through: DDP over ``model`` in a process group."""
-    if world_size() == 1:
-        return model
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+def _ddp(model: nn.Module, device, compile: bool = False) -> nn.Module:
+    """The module the training forward goes through: DDP over ``model`` in a process group, and
+    ``torch.compile`` over that with ``compile`` (static shapes: the batch size changes only in the
+    last batch of an epoch)."""
+    net = model
+    if world_size() > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return torch.compile(net, dynamic=False) if compile else net
 
 
 def _shard(t: torch.Tensor) -> torch.Tensor:

@@ -226,6 +226,12 @@ class SDSNNPruner(SCAPruner):
             w = self.weight_of(m)
             w.data.mul_(self.synapses[m].mask.to(w.dtype))
 
+    def fix_masks(self) -> None:
+        """As :meth:`SCAPruner.fix_masks`; the masked synapses inside kept channels are zeroed too
+        (they keep training, as in the public code, and are zeroed again by :meth:`finalize`)."""
+        super().fix_masks()
+        self._zero_masked_synapses()
+
     # ------------------------------------------------------------------ epoch schedule
     @property
     def clip_start(self) -> int:

@@ -89,7 +89,7 @@ def test_quality_variants_are_rows_of_their_own(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     schedules = {g["method"]: g["schedule"] for g in summary["groups"]}
     assert set(schedules) == {"l1", "l1-once", "nni-fpgm", "sdsnn"}
-    assert schedules["sdsnn"].startswith("SD-SNN structural development every epoch")
+    assert schedules["sdsnn"].startswith("SD-SNN structural development each epoch for 1 of 2 epochs")
     assert schedules["l1-once"].startswith("one-shot after epoch 1, then fine-tuning; global ranking")
     assert schedules["l1"].startswith("dynamic")
     assert schedules["nni-fpgm"].startswith("one-shot after epoch 1, then fine-tuning; per-layer ranking")
@@ -178,3 +178,23 @@ def test_quality_counts_collapsed_runs_and_pairs_seeds(tmp_path):
             if line.startswith("| ") and not line.startswith("| method")}
     assert rows["sca-diverged"].startswith("| sca-diverged | 0.5 | 2 | 2 |")
     assert "Δ vs best built-in" in (out / "table.md").read_text()
+
+
+def test_readme_shows_the_generated_tables():
+    """The README's benchmark tables are copies of the files the benchmarks wrote (regenerate with
+    python benchmarks/readme_tables.py), and a column subset keeps the header and rows aligned."""
+    spec = importlib.util.spec_from_file_location("readme_tables", BENCH / "readme_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--check"]) == 0
+
+
+def test_readme_tables_column_subset(tmp_path):
+    spec = importlib.util.spec_from_file_location("readme_tables", BENCH / "readme_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    f = tmp_path / "t.md"
+    f.write_text("# title\n\n| a | b | c |\n|---|---|---|\n| 1 | 2 | 3 |\n\ntext\n\n| x |\n|---|\n| 9 |\n")
+    assert mod.table_of(f) == "| a | b | c |\n|---|---|---|\n| 1 | 2 | 3 |\n\n| x |\n|---|\n| 9 |\n"
+    f.write_text("| a | b | c |\n|---|---|---|\n| 1 | 2 | 3 |\n")
+    assert mod.table_of(f, "1,3") == "| a | c |\n|---|---|\n| 1 | 3 |\n"
