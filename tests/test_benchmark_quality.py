@@ -108,7 +108,7 @@ def test_quality_variants_are_rows_of_their_own(tmp_path):
     accs = {g["method"]: 100 * g["accuracy_mean"] for g in summary["groups"] if g["method"] != "sdsnn"}
     assert "| variants | sdsnn |" in text
     best = max(accs, key=accs.get)
-    assert f"| {best} | **{accs[best]:.2f} ± 0.00** |" in text
+    assert f"| {best} | **{accs[best]:.2f} ± 0.00** (n=1" in text
     assert all(f"| {m} | " in text for m in accs)
 
 

@@ -18,6 +18,7 @@ SHAPES = {"cifar10": (10, 3, (32, 32)), "cifar100": (100, 3, (32, 32)), "cifar10
 def test_paper_config_loads_and_builds(path):
     cfg = TrainConfig.from_dict(load_config_file(str(path)))
     assert cfg.method == "sca" and cfg.mode == "rebuild" and cfg.lr_schedule == "step" and cfg.lr == 0.01
+    assert cfg.preset == "paper" and cfg.masking == "soft" and cfg.regrow_signal == "last" and cfg.max_pruning_ratio == 1.0
     assert cfg.time_steps == (20 if cfg.dataset == "cifar10-dvs" else 4)
     classes, channels, size = SHAPES[cfg.dataset]
     cfg.width = 0.125  # the architecture at 1/8 width: same layers, a quick forward on CPU
@@ -35,3 +36,21 @@ def test_step_lr_schedule(tmp_path):
         TrainConfig(lr_schedule="poly")
     with pytest.raises(ConfigError, match="lr_gamma must be in"):
         TrainConfig(lr_gamma=0.0)
+
+
+def test_preset_paper_fills_unset_settings_and_explicit_ones_win():
+    cfg = TrainConfig.from_dict({"preset": "paper"})
+    assert (cfg.lr, cfg.lr_schedule, cfg.lr_step_size, cfg.mode, cfg.masking, cfg.regrow_signal, cfg.fixed_mask_epochs,
+            cfg.max_pruning_ratio) == (0.01, "step", 100, "rebuild", "soft", "last", 0, 1.0)
+    assert TrainConfig.from_dict({"preset": "paper", "lr": 0.05}).lr == 0.05
+    assert TrainConfig().masking == "reset" and TrainConfig().lr == 0.1  # the recommended defaults
+    with pytest.raises(ConfigError, match="unknown preset"):
+        TrainConfig.from_dict({"preset": "iclr"})
+
+
+def test_cli_preset_and_flag(tmp_path):
+    from sca_plugin.cli import _train_config, build_parser
+
+    args = build_parser().parse_args(["train", "--preset", "paper", "--lr", "0.02", "--output-dir", str(tmp_path)])
+    cfg = _train_config(args)
+    assert cfg.lr == 0.02 and cfg.masking == "soft" and cfg.lr_schedule == "step"
