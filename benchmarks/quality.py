@@ -10,7 +10,8 @@ per ratio), plus optional per-row overrides (``regrow_ratio``, ``oneshot_epoch``
 is a named row with its own method and settings, e.g. ``l1-oneshot: {method: l1, oneshot_epoch:
 2}``.  Every (row, ratio, seed) is one ``run_training`` call into
 ``<runs-dir>/<row>-r<ratio>-s<seed>`` (``dense-s<seed>``); a run whose ``metrics.json`` exists
-is not retrained (an interrupted sweep continues where it stopped; with ``--resume`` a run that
+(in its run folder, or as the copy in ``<out>/runs/`` that an earlier invocation wrote and that
+is committed with the results) is not retrained (an interrupted sweep continues where it stopped; with ``--resume`` a run that
 was cut off mid-training continues from its last checkpoint).  Writes into ``--out``:
 
 * ``summary.json``: per (method, ratio) group: seeds, accuracy mean ± std, parameters, MACs per
@@ -165,8 +166,20 @@ def _train_one(cfg: TrainConfig) -> Dict[str, Any]:
     return m
 
 
+def _finished(item: Dict[str, Any], results_dir: Optional[Path]) -> Optional[Path]:
+    """The metrics of a finished run: its run folder's metrics.json, or the copy a previous
+    invocation committed under ``<results_dir>/runs/`` (run folders are not kept in the repository,
+    so a sweep continued in a later sitting reuses the committed copies)."""
+    own = Path(item["config"].output_dir) / "metrics.json"
+    if own.is_file():
+        return own
+    if results_dir is not None and (results_dir / "runs" / f"{item['name']}.json").is_file():
+        return results_dir / "runs" / f"{item['name']}.json"
+    return None
+
+
 def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, workers: int = 1,
-              threads: Optional[int] = None, train: bool = True) -> Dict[str, Any]:
+              threads: Optional[int] = None, train: bool = True, results_dir: Optional[Path] = None) -> Dict[str, Any]:
     """Train every planned run whose metrics.json does not exist yet; returns metrics per run name
     and what was trained / reused / missing. ``workers`` > 1 trains that many runs at once, in
     separate processes with ``threads`` torch threads each (small spiking nets use 2 cores better
@@ -176,8 +189,8 @@ def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, wo
     # check first, train later: a stale or half-finished folder stops the sweep before any work
     for item in plan:
         out = Path(item["config"].output_dir)
-        metrics = out / "metrics.json"
-        if metrics.is_file():
+        metrics = _finished(item, results_dir)
+        if metrics is not None:
             saved = json.loads(metrics.read_text()).get("config", {})
             try:  # settings added since that run was made count with their defaults
                 saved = TrainConfig.from_dict({k: v for k, v in saved.items() if k not in RUN_FREE_FIELDS}).to_dict()
@@ -186,8 +199,8 @@ def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, wo
             want = item["config"].to_dict()
             diff = sorted(k for k in _comparable(want) if saved.get(k) != want[k])
             if diff:
-                raise ConfigError(f"{out} holds a finished run made with other settings ({', '.join(diff)}); "
-                                  "use another --runs-dir or delete that folder")
+                raise ConfigError(f"{metrics} is a finished run made with other settings ({', '.join(diff)}); "
+                                  "use another --runs-dir / --out or delete it")
         elif (out / "checkpoint.pt").is_file() and not resume:
             raise ConfigError(f"{out} holds an unfinished run; pass --resume to continue it "
                               "(or delete that folder to start it over)")
@@ -197,8 +210,9 @@ def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, wo
     for i, item in enumerate(plan, 1):
         cfg: TrainConfig = item["config"]
         out = Path(cfg.output_dir)
-        if (out / "metrics.json").is_file():
-            results[item["name"]] = json.loads((out / "metrics.json").read_text())
+        done_before = _finished(item, results_dir)
+        if done_before is not None:
+            results[item["name"]] = json.loads(done_before.read_text())
             reused.append(item["name"])
             continue
         if not train:
@@ -602,7 +616,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plan = plan_runs(cfg, runs_dir)
         print(f"quality: {len(plan)} runs into {runs_dir}, results into {out}", flush=True)
         sweep = run_sweep(plan, resume=args.resume, log=lambda s: print(s, flush=True), workers=args.workers,
-                          threads=args.threads, train=not args.no_train)
+                          threads=args.threads, train=not args.no_train, results_dir=out)
     except ConfigError as e:
         print(f"quality: error: {e}", file=sys.stderr)
         return 2
@@ -626,6 +640,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         src = Path(item["config"].output_dir) / "metrics.json"
         if item["name"] not in sweep["metrics"]:
             continue  # not finished yet (--no-train)
+        if not src.is_file():
+            continue  # reused from the committed copy, which is already there
         if src.stat().st_size <= COPY_LIMIT_BYTES:
             shutil.copyfile(src, runs_out / f"{item['name']}.json")
         else:  # keep the copy small: drop the per-update history and the raw scores

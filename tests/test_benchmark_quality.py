@@ -198,3 +198,23 @@ def test_readme_tables_column_subset(tmp_path):
     assert mod.table_of(f) == "| a | b | c |\n|---|---|---|\n| 1 | 2 | 3 |\n\n| x |\n|---|\n| 9 |\n"
     f.write_text("| a | b | c |\n|---|---|---|\n| 1 | 2 | 3 |\n")
     assert mod.table_of(f, "1,3") == "| a | c |\n|---|---|\n| 1 | 3 |\n"
+
+
+def test_quality_reuses_committed_run_copies_in_a_later_sitting(tmp_path):
+    """Run folders are not committed; the copies in <out>/runs/ are. A later sitting with an empty
+    runs folder reuses them instead of retraining, and refuses copies made with other settings."""
+    import shutil
+
+    quality = _load()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("methods: [dense, sca]", "methods: [dense]"))
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    argv = ["--config", str(config), "--out", str(out), "--runs-dir", str(runs)]
+    assert quality.main(argv) == 0
+    shutil.rmtree(runs)
+    assert quality.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sweep"]["trained"] == [] and summary["sweep"]["reused"] == ["dense-s0"]
+    assert not runs.exists() or not any(runs.iterdir())
+    config.write_text(TINY.replace("methods: [dense, sca]", "methods: [dense]").replace("epochs: 2", "epochs: 3"))
+    assert quality.main(argv) == 2
