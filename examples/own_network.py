@@ -62,6 +62,8 @@ def main():
                        ignored_layers=[model.classifier], update_interval=20)
 
     for epoch in range(12):
+        if epoch == 10:
+            pruner.fix_masks()                                    # SCA: the last 2 epochs train the final structure
         for i in range(0, len(x_train), 64):
             loss = F.cross_entropy(model(x_train[i:i + 64]), y_train[i:i + 64])
             optimizer.zero_grad()
