@@ -122,8 +122,9 @@ def test_quality_refuses_stale_and_unfinished_runs(tmp_path):
     # the same runs folder with other settings: refused, not silently mixed
     config.write_text(TINY.replace("methods: [dense, sca]", "methods: [dense]").replace("epochs: 2", "epochs: 3"))
     assert quality.main(argv) == 2
-    # an unfinished run (checkpoint, no metrics.json) needs --resume
+    # an unfinished run (checkpoint, no metrics.json, no committed copy) needs --resume
     (runs / "dense-s0" / "metrics.json").unlink()
+    (tmp_path / "out" / "runs" / "dense-s0.json").unlink()
     (runs / "dense-s0" / "checkpoint.pt").write_bytes(b"")
     config.write_text(TINY.replace("methods: [dense, sca]", "methods: [dense]"))
     assert quality.main(argv) == 2
