@@ -237,17 +237,22 @@ def test_nni_and_torch_pruning_front_ends_pick_the_same_channels(arch):
 
 
 # ---------------------------------------------------------------------- straight-through masks
-def test_masked_channels_are_reset_and_keep_the_regrowth_signal():
-    """masking='reset' (default): after an update the masked channels' BatchNorm weight and bias are
-    zero in the parameters NNI trains, and their BN-scale gradient (the regrowth signal) is not."""
-    model, pruner, masks, x = compressed("digits", steps=2, interval=2)  # the last step updated the masks
+def _wrappers_after_backward(model, x):
+    """One training backward pass, then ``(name, NNI wrapper)`` of every wrapped layer."""
     y = torch.randint(0, 10, (x.shape[0],))
     model.train()
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
     functional.reset_net(model)
+    return [(n, m._nni_wrapper) for n, m in model.named_modules() if hasattr(m, "_nni_wrapper")]
+
+
+def test_masked_channels_are_reset_and_keep_the_regrowth_signal():
+    """masking='reset' (default): after an update the masked channels' BatchNorm weight and bias are
+    zero in the parameters NNI trains, and their BN-scale gradient (the regrowth signal) is not."""
+    model, pruner, masks, x = compressed("digits", steps=2, interval=2)  # the last step updated the masks
     checked = 0
-    for name, wrapper in ((n, m._nni_wrapper) for n, m in model.named_modules() if hasattr(m, "_nni_wrapper")):
+    for name, wrapper in _wrappers_after_backward(model, x):
         if isinstance(wrapper.module, nn.BatchNorm2d):
             dead = ~channel_keep(masks[name]["weight"])
             if dead.any():
@@ -262,13 +267,8 @@ def test_masked_channels_are_reset_and_keep_the_regrowth_signal():
 
 def test_masked_channels_still_receive_gradients():
     model, pruner, masks, x = compressed("digits", masking="mask")
-    y = torch.randint(0, 10, (x.shape[0],))
-    model.train()
-    model.zero_grad()
-    F.cross_entropy(model(x), y).backward()
-    functional.reset_net(model)
     checked = 0
-    for name, wrapper in ((n, m._nni_wrapper) for n, m in model.named_modules() if hasattr(m, "_nni_wrapper")):
+    for name, wrapper in _wrappers_after_backward(model, x):
         if not isinstance(wrapper.module, nn.BatchNorm2d):
             continue
         dead = ~channel_keep(masks[name]["weight"])
