@@ -201,7 +201,7 @@ def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, wo
             if diff:
                 raise ConfigError(f"{metrics} is a finished run made with other settings ({', '.join(diff)}); "
                                   "use another --runs-dir / --out or delete it")
-        elif (out / "checkpoint.pt").is_file() and not resume:
+        elif (out / "checkpoint.pt").is_file() and not resume and train:  # --no-train only collects
             raise ConfigError(f"{out} holds an unfinished run; pass --resume to continue it "
                               "(or delete that folder to start it over)")
 
