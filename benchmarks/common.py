@@ -69,6 +69,21 @@ def interleave(fns: Dict[str, Callable[[], object]], reps: int, warmup: int = 1,
     return times
 
 
+def train_step(model, opt, x, y, pruner=None, net=None) -> None:
+    """One training step as a user writes it with an SCA pruner: forward (through ``net``, e.g. a
+    compiled or DDP wrapper of ``model``, if given), backward, ``pruner.regularize``, step, reset."""
+    import torch.nn.functional as F
+    from spikingjelly.activation_based import functional
+
+    loss = F.cross_entropy((model if net is None else net)(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if pruner is not None:
+        pruner.regularize(model)
+    opt.step()
+    functional.reset_net(model)
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -29,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (also puts the repository root on sys.path)
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from spikingjelly.activation_based import functional  # noqa: E402
 
+from common import train_step  # noqa: E402
 from sca_plugin import SCAImportance, SCAPruner  # noqa: E402
 from sca_plugin.models import digits_cnn, vgg16  # noqa: E402
 
@@ -64,16 +63,6 @@ def build(name: str, width: float):
 
 def make_pruner(model, x, **kw):
     return SCAPruner(model, x[:2], pruning_ratio=0.5, regrow_ratio=0.1, ignored_layers=[model.classifier], **kw)
-
-
-def train_step(model, opt, x, y, pruner=None):
-    loss = F.cross_entropy(model(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if pruner is not None:
-        pruner.regularize(model)
-    opt.step()
-    functional.reset_net(model)
 
 
 def bench_train_step(name: str, width: float, reps: int, upd_reps: int) -> dict:

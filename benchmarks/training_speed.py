@@ -30,11 +30,9 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, _clean, machine_info  # noqa: E402
+from common import REPO_ROOT, _clean, interleave, machine_info, train_step  # noqa: E402
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from spikingjelly.activation_based import functional  # noqa: E402
 
 from sca_plugin import SCAPruner  # noqa: E402
 from sca_plugin.models import digits_cnn  # noqa: E402
@@ -52,31 +50,8 @@ def _model(width: float, size: int, seed: int = 0):
 
 def _stepper(model, x, y, pruner=None, compiled: bool = False) -> Callable[[], None]:
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    net = torch.compile(model, dynamic=False) if compiled else model
-
-    def step() -> None:
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if pruner is not None:
-            pruner.regularize(model)
-        opt.step()
-        functional.reset_net(model)
-    return step
-
-
-def interleaved(steps: Dict[str, Callable[[], None]], repeats: int, warmup: int) -> Dict[str, List[float]]:
-    """Seconds per call of every variant, the variants taking turns call by call."""
-    for _ in range(warmup):
-        for fn in steps.values():
-            fn()
-    times: Dict[str, List[float]] = {k: [] for k in steps}
-    for _ in range(repeats):
-        for k, fn in steps.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return times
+    net = torch.compile(model, dynamic=False) if compiled else None
+    return lambda: train_step(model, opt, x, y, pruner, net)
 
 
 def step_costs(width: float, size: int, repeats: int, warmup: int) -> Dict[str, List[float]]:
@@ -89,7 +64,7 @@ def step_costs(width: float, size: int, repeats: int, warmup: int) -> Dict[str, 
         m = _model(width, size)
         pruner = SCAPruner(m, x[:2], ignored_layers=[m.classifier])
         steps[f"{name} + SCA"] = _stepper(m, x, y, pruner, compiled=compiled)
-    out = interleaved(steps, repeats, warmup)
+    out = interleave(steps, repeats, warmup)
     # threads: the same eager + SCA step at 1 and 2 threads, alternating
     m = _model(width, size)
     pruner = SCAPruner(m, x[:2], ignored_layers=[m.classifier])
@@ -101,7 +76,7 @@ def step_costs(width: float, size: int, repeats: int, warmup: int) -> Dict[str, 
             torch.set_num_threads(n)
             base()
         return fn
-    out.update(interleaved({"1 thread": with_threads(1), "2 threads": with_threads(2)}, repeats, warmup))
+    out.update(interleave({"1 thread": with_threads(1), "2 threads": with_threads(2)}, repeats, warmup))
     torch.set_num_threads(before)
     return out
 
@@ -123,7 +98,7 @@ def data_costs(repeats: int) -> Dict[str, List[float]]:
         for i in range(0, len(ys), 64):
             idx = perm[i:i + 64]
             xs[idx], ys[idx]
-    return interleaved({"loader": via_loader, "tensor batches": via_tensors}, repeats, 1)
+    return interleave({"loader": via_loader, "tensor batches": via_tensors}, repeats, 1)
 
 
 def throughput(epochs: int) -> Dict[str, float]:

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from .masking import MASKINGS
+from .regrowth import REGROW_SIGNALS
+from .selection import MODES
+
 __all__ = ["METHODS", "NNI_METHODS", "EMERGENT_SPARSITY", "DYNAMIC_METHODS", "PRESETS", "TrainConfig", "ConfigError",
            "load_config_file"]
 
@@ -102,12 +106,9 @@ class TrainConfig:
             raise bad(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.preset is not None and self.preset not in PRESETS:
             raise bad(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
-        if self.mode not in ("rebuild", "incremental"):
-            raise bad(f"mode must be 'rebuild' or 'incremental', got {self.mode!r}")
-        if self.masking not in ("reset", "reset-filters", "soft", "mask"):
-            raise bad(f"masking must be 'reset', 'reset-filters', 'soft' or 'mask', got {self.masking!r}")
-        if self.regrow_signal not in ("mean", "last"):
-            raise bad(f"regrow_signal must be 'mean' or 'last', got {self.regrow_signal!r}")
+        for name, allowed in (("mode", MODES), ("masking", MASKINGS), ("regrow_signal", REGROW_SIGNALS)):
+            if getattr(self, name) not in allowed:
+                raise bad(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.max_pruning_ratio is not None and not (0.0 < self.max_pruning_ratio <= 1.0
                                                        and self.max_pruning_ratio >= self.pruning_ratio):
             raise bad(f"max_pruning_ratio must be in [pruning_ratio={self.pruning_ratio}, 1], got {self.max_pruning_ratio}")

@@ -324,7 +324,7 @@ class SCAPruner(SpikingMetaPruner):
                 self._apply_mask(i, keep)
 
     def _uninstall(self) -> None:
-        if isinstance(self.importance, SCAImportance) and self.importance.recorder.model is not None:
+        if isinstance(self.importance, SCAImportance):
             self.importance.detach()
         for h in self._grad_hooks:
             h.remove()

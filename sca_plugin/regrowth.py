@@ -32,8 +32,8 @@ class GradientMagnitudes:
             g = grad.detach().float()
             if world_size() > 1:  # DDP: the gradient of the global batch (the average DDP applies), not the local one
                 g = all_reduce_sum_(g.clone()) / world_size()
-            g = g.abs()
-            self.last[bn] = g.clone()
+            g = g.abs()  # a new tensor: kept as the last step's signal without a copy
+            self.last[bn] = g
             if bn in self.sums:
                 self.sums[bn] += g
                 self.counts[bn] += 1

@@ -133,6 +133,7 @@ class _Group:
         self.producers = producers  # conv/linear whose out-channels are the group's: {module: (local, root)}
         self.bns = bns              # {bn: (local, root)}
         self.output_masked = output_masked  # layers whose outputs are masked during training (STE)
+        self.parameters = parameter_entries(producers, bns)  # what a reset zeroes (masking.channel_parameters)
         self.configured: List[str] = []
         self.sparse_ratio: float = 0.0
         self.max_sparse_ratio: float = 1.0
@@ -562,8 +563,7 @@ class SCAPruner(Pruner):
         zeroed = 0
         for g, keep in zip(self._groups, self._keep):
             if keep is not None:
-                zeroed += zero_channels(parameter_entries(g.producers, g.bns), keep, self._parameter,
-                                        filters=self.masking == "reset-filters")
+                zeroed += zero_channels(g.parameters, keep, self._parameter, filters=self.masking == "reset-filters")
         return zeroed
 
     def _parameter(self, module: nn.Module, name: str) -> torch.Tensor:
