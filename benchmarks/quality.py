@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, _clean, machine_info  # noqa: E402  (also puts the repo on sys.path)
 
-from sca_plugin.config import EMERGENT_SPARSITY, METHODS, ConfigError, TrainConfig  # noqa: E402
+from sca_plugin.config import EMERGENT_SPARSITY, METHODS, RUN_FREE_FIELDS, ConfigError, TrainConfig  # noqa: E402
 
 SHARED_KEYS = ("dataset", "model", "width", "time_steps", "epochs", "batch_size", "lr", "train_limit", "test_limit")
 REQUIRED_KEYS = ("dataset", "model", "seeds", "methods")
@@ -53,7 +53,6 @@ _NUM_CLASSES = {"cifar100": 100, "dvs-gesture": 11}
 # settings the harness controls itself; a config may not set them
 HARNESS_FIELDS = {"method", "pruning_ratio", "seed", "output_dir", "resume", "progress", "dense_baseline"}
 # fields that may differ between a finished run's config and the requested one
-RUN_FREE_FIELDS = {"output_dir", "resume", "progress", "tensorboard", "device", "compile"}
 COPY_LIMIT_BYTES = 256 * 1024
 
 

@@ -18,6 +18,16 @@ Two definitions of activity (``definition``):
     ``|H[t]|``, the L1 norm of the pre-reset potential ("degree of polarisation"). The fused
     kernels do not expose ``H``, so it is recomputed with the neuron's charge function from the
     input and ``V[t-1]`` (see :func:`sca_plugin.neurons.register_charge_function`).
+
+Where the potentials come from: in single-step mode, the neuron's ``v`` after each step. In
+multi-step mode (:func:`potential_sequence_source`) the neuron keeps only the last step's ``v``,
+so the sequence is obtained per forward from ``v_seq`` (``store_v_seq`` switched on for that
+forward), from ``state_seqs[0]`` (``ComplementaryLIFNode``'s ``store_state_seqs``), or, for
+``SimpleBaseNode`` neurons (``SimpleIFNode``, ``SimpleLIFNode``), which store no sequence, by
+replaying the charge function and SpikingJelly's reset from the input, the emitted spikes and the
+initial potential (exactly the neuron's own recursion). Neurons with none of these, or that keep
+no membrane potential at all, are refused by :meth:`MembraneActivityRecorder.check_supported`
+with the reason and what to use instead.
 """
 from __future__ import annotations
 
@@ -26,15 +36,67 @@ from typing import Dict, Iterable, List, Optional
 import torch
 import torch.nn as nn
 
-from .neurons import charge_function_for, is_spiking_neuron, neuron_channel_dim
+from spikingjelly.activation_based import neuron as sj_neuron
 
-__all__ = ["DEFINITIONS", "MembraneActivityRecorder"]
+from .neurons import charge_function_for, is_spiking_neuron, neuron_channel_dim, unsupported_reason
+
+__all__ = ["DEFINITIONS", "MembraneActivityRecorder", "potential_sequence_source"]
 
 DEFINITIONS = ("spike_plus_v", "membrane_l1")
 
 
 def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
+
+
+_REPLAY_METHODS = ("forward", "single_step_forward", "multi_step_forward", "neuronal_charge", "neuronal_reset")
+
+
+def _charge_class(module: nn.Module) -> Optional[type]:
+    """The class of ``module``'s MRO under which its charge function is registered."""
+    from .neurons import _CHARGE_FUNCTIONS
+
+    return next((c for c in type(module).__mro__ if c in _CHARGE_FUNCTIONS), None)
+
+
+def _replayable(module: nn.Module) -> bool:
+    """A ``SimpleBaseNode`` whose dynamics are exactly its registered charge function followed by
+    SpikingJelly's hard/soft reset: no class between its own and the registered one redefines
+    the forward, the charge or the reset."""
+    simple = getattr(sj_neuron, "SimpleBaseNode", None)
+    registered = _charge_class(module)
+    if simple is None or not isinstance(module, simple) or registered is None:
+        return False
+    if type(module).neuronal_reset is not simple.neuronal_reset:
+        return False
+    for klass in type(module).__mro__:
+        if klass is registered:
+            return True
+        if any(name in vars(klass) for name in _REPLAY_METHODS):
+            return False
+    return False
+
+
+def potential_sequence_source(module: nn.Module) -> Optional[str]:
+    """How the recorder obtains a multi-step neuron's post-reset potentials ``V[0..T-1]``:
+    ``"v_seq"`` (``store_v_seq``, every ``BaseNode``), ``"state_seqs"`` (``store_state_seqs``,
+    ``ComplementaryLIFNode``), ``"replay"`` (``SimpleBaseNode`` neurons with a registered charge
+    function, see :func:`_replayable`) or None (it cannot be scored in multi-step mode)."""
+    cls = type(module)
+    if isinstance(getattr(cls, "store_state_seqs", None), property):
+        return "state_seqs"
+    if isinstance(getattr(cls, "store_v_seq", None), property) or "store_v_seq" in vars(module):
+        return "v_seq"
+    if _replayable(module):
+        return "replay"
+    return None
+
+
+def _reset_like_spikingjelly(module: nn.Module, h: torch.Tensor, spike: torch.Tensor) -> torch.Tensor:
+    """``SimpleBaseNode.neuronal_reset``: soft (``v_reset=None``) or hard reset of ``h`` by ``spike``."""
+    if module.v_reset is None:
+        return h - module.v_threshold * spike
+    return spike * module.v_reset + (1.0 - spike) * h
 
 
 class MembraneActivityRecorder:
@@ -61,21 +123,37 @@ class MembraneActivityRecorder:
 
     # ------------------------------------------------------------------ attachment
     def check_supported(self, neurons: Iterable[nn.Module]) -> None:
-        """Raise before anything is attached if some neuron cannot give this definition."""
-        bad = []
+        """Raise ``ValueError`` before anything is attached if some neuron cannot give this
+        definition: the message names each class, the reason and what to use instead."""
+        problems: Dict[str, str] = {}
         for m in neurons:
-            if self.definition == "membrane_l1" and charge_function_for(m) is None:
-                bad.append(type(m).__name__)
-            elif not hasattr(m, "v"):
-                bad.append(type(m).__name__)
-        if bad:
-            raise ValueError(
-                f"activity definition {self.definition!r} cannot be computed for neuron classes "
-                f"{sorted(set(bad))}: they expose no membrane potential 'v'"
-                + (" or have no registered charge function; register one with "
-                   "sca_plugin.register_charge_function(cls, fn) or use definition='spike_plus_v'"
-                   if self.definition == "membrane_l1" else "")
-            )
+            name = type(m).__name__
+            if name in problems:
+                continue
+            reason = unsupported_reason(m)
+            multi_step = neuron_channel_dim(m) == 2
+            if reason is None and not hasattr(m, "v"):
+                reason = ("it exposes no membrane potential 'v', which SCA scores; use a SpikingJelly neuron with a "
+                          "membrane state (IFNode, LIFNode, ParametricLIFNode)")
+            if reason is None and multi_step and potential_sequence_source(m) is None:
+                simple = getattr(sj_neuron, "SimpleBaseNode", None)
+                replayable = simple is not None and isinstance(m, simple) \
+                    and type(m).neuronal_reset is simple.neuronal_reset
+                reason = ("in multi-step mode it keeps only the last step's membrane potential (it has no store_v_seq "
+                          "to keep all of them) and its potentials cannot be recomputed, so SCA cannot score it; use "
+                          "single-step mode if the class supports it, or a neuron that stores v_seq (IFNode, LIFNode, "
+                          "ParametricLIFNode)"
+                          + (", or register its charge equation with sca_plugin.register_charge_function(cls, fn) "
+                             "(its potentials are then replayed)" if replayable else ""))
+            if reason is None and self.definition == "membrane_l1" and charge_function_for(m) is None:
+                reason = ("definition 'membrane_l1' needs its pre-reset potential H, which SpikingJelly does not "
+                          "expose, and no charge function is registered to recompute it; register one with "
+                          "sca_plugin.register_charge_function(cls, fn) or use definition='spike_plus_v'")
+            if reason is not None:
+                problems[name] = reason
+        if problems:
+            raise ValueError(f"SCA (activity definition {self.definition!r}) cannot score the neuron classes "
+                             f"{sorted(problems)}: " + "; ".join(f"{n}: {r}" for n, r in sorted(problems.items())))
 
     def attach(self, model: nn.Module) -> "MembraneActivityRecorder":
         """Hook every spiking neuron of ``model``; statistics accumulate from now on."""
@@ -126,26 +204,70 @@ class MembraneActivityRecorder:
     def _pre_hook(self, module: nn.Module, args) -> None:
         if not self._active(module):
             return
-        if self.definition == "membrane_l1":
+        multi_step = neuron_channel_dim(module) == 2
+        source = potential_sequence_source(module) if multi_step else None
+        if self.definition == "membrane_l1" or source == "replay":
             self._v_prev[module] = module.v
-        if neuron_channel_dim(module) == 2 and not getattr(module, "store_v_seq", True):
+        if source == "v_seq" and not module.store_v_seq:
             module.store_v_seq = True
             self._forced_store[module] = True
+        elif source == "state_seqs" and not module.store_state_seqs:
+            module.store_state_seqs = True
+            self._forced_store[module] = True
+
+    def _potentials(self, module: nn.Module, multi_step: bool, source: Optional[str], x: torch.Tensor,
+                    spikes: torch.Tensor):
+        """The post-reset potentials of this forward (``V[0..T-1]`` in multi-step mode), and the
+        pre-reset ones ``H`` where the replay computed them (else None)."""
+        forced = self._forced_store.pop(module, False)
+        if not multi_step:
+            return module.v, None
+        if source is None:
+            raise RuntimeError(
+                f"{type(module).__name__} now runs in multi-step mode, where it keeps only the last step's membrane "
+                "potential; SCA cannot score it (check_supported refuses it in multi-step mode): switch it back to "
+                "single-step mode or use a neuron that stores v_seq (IFNode, LIFNode, ParametricLIFNode)")
+        if source == "replay":
+            v = self._v_prev.pop(module)
+            v = torch.full_like(x[0], float(v)) if not isinstance(v, torch.Tensor) else v.detach()
+            charge = charge_function_for(module)
+            vs, hs = [], []
+            for x_t, s_t in zip(x.detach(), spikes.detach()):
+                h = charge(module, x_t, v)
+                v = _reset_like_spikingjelly(module, h, s_t)
+                hs.append(h)
+                vs.append(v)
+            return torch.stack(vs), torch.stack(hs)
+        if source == "state_seqs":
+            seqs = module.state_seqs
+            v = seqs[0] if isinstance(seqs, (list, tuple)) and seqs else None
+            if forced:
+                module.store_state_seqs = False  # the setter drops state_seqs: nothing outlives the forward
+        else:
+            v = module.v_seq
+            if forced:
+                module.store_v_seq = False  # the setter drops v_seq: nothing outlives the forward
+        if not isinstance(v, torch.Tensor) or v.shape != spikes.shape:
+            raise RuntimeError(
+                f"{type(module).__name__} did not record its membrane-potential sequence "
+                f"({'state_seqs' if source == 'state_seqs' else 'v_seq'} is "
+                f"{None if v is None else tuple(getattr(v, 'shape', ()))}, expected {tuple(spikes.shape)}) although "
+                f"{'store_state_seqs' if source == 'state_seqs' else 'store_v_seq'}=True: its multi_step_forward "
+                "ignores the flag; keep the flag's behaviour in the subclass, or run the neuron in single-step mode")
+        return v, None
 
     def _hook(self, module: nn.Module, args, output) -> None:
         if not self._active(module):
             return
         x, spikes = args[0], _first(output)
         multi_step = neuron_channel_dim(module) == 2
+        source = potential_sequence_source(module) if multi_step else None
         with torch.no_grad():
-            if multi_step:
-                v = module.v_seq
-                if self._forced_store.pop(module, False):
-                    module.store_v_seq = False  # the setter drops v_seq: nothing outlives the forward
-            else:
-                v = module.v
+            v, h = self._potentials(module, multi_step, source, x, spikes)
             if self.definition == "spike_plus_v":
                 act = spikes.detach() + v.detach().abs()
+            elif h is not None:
+                act = h.abs()
             else:
                 v0 = self._v_prev.pop(module)
                 first = x[0] if multi_step else x

@@ -1,20 +1,26 @@
 """``sca-prune``: train / eval / report / export from the command line (also ``python -m sca_plugin``).
 
 Every train flag is a field of :class:`sca_plugin.config.TrainConfig`; a ``--config`` YAML or JSON
-file uses the same keys, and flags given on the command line override it. User-fixable problems
-print one line ``sca-prune: error: ...`` and exit with status 2, having written nothing.
+file uses the same keys, and flags given on the command line override it. ``train --resume`` starts
+from the settings the run in ``--output-dir`` was made with: settings given again (flags or config
+file) must agree with them, else they are refused by name. User-fixable problems print one line
+``sca-prune: error: ...`` and exit with status 2, having written nothing.
+
+As with ``python -m sca_plugin``, the current folder is importable: ``--model my_models:csnn``
+finds ``./my_models.py`` (and ``eval`` / ``export`` can unpickle a model defined there).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import ConfigError, TrainConfig, load_config_file
+from .config import RUN_FREE_FIELDS, ConfigError, TrainConfig, load_config_file
 
 __all__ = ["main", "build_parser"]
 
@@ -49,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     ev.add_argument("--data-root", default=None, help="dataset folder, if the run used one elsewhere")
     ev.add_argument("--device", default="cpu")
-    rep = sub.add_parser("report", help="figures (PNG) and a markdown table from one or more runs")
-    rep.add_argument("run_dirs", nargs="+")
-    rep.add_argument("--out", default=None, help="output folder (default: <first run>/report)")
+    rep = sub.add_parser("report", help="figures (PNG) and a markdown table from one or more runs; runs that "
+                                        "differ in a setting other than the seed are separate, labelled rows")
+    rep.add_argument("run_dirs", nargs="+", help="run folders, or folders holding run folders")
+    rep.add_argument("--out", default=None, help="output folder (default: <first folder given>/report)")
     exp = sub.add_parser("export", help="export a finished run's pruned model")
     exp.add_argument("run_dir")
     exp.add_argument("--format", choices=("torch", "torchscript", "export", "nir"), default="torch",
@@ -61,13 +68,96 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
-    values = {}
+def _given_settings(args: argparse.Namespace) -> tuple:
+    """``(values, sources)``: the train settings given (config file, then flags, which win) and
+    where each came from (``'--flag'`` or ``'config file PATH'``), for error messages."""
+    values: dict = {}
+    sources: dict = {}
     if getattr(args, "config", None):
-        values.update(load_config_file(args.config))
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
-    values.update(given)
-    return TrainConfig.from_dict(values)
+        for key, value in load_config_file(args.config).items():
+            key = key.replace("-", "_") if isinstance(key, str) else key
+            values[key] = value
+            sources[key] = f"config file {args.config}"
+    for key, value in vars(args).items():
+        if key not in ("command", "config"):
+            values[key] = value
+            sources[key] = "--" + key.replace("_", "-")
+    return values, sources
+
+
+def _config_from(values: dict, sources: dict) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(values)
+    except ConfigError as e:
+        source = sources.get(e.key, "")
+        if source.startswith("config file"):
+            raise ConfigError(f"{source}: {e}", key=e.key) from e
+        raise
+
+
+def _show(key: str, value) -> str:
+    if isinstance(value, bool):
+        return ("--" if value else "--no-") + key.replace("_", "-")
+    return f"--{key.replace('_', '-')} {value}"
+
+
+def _resume_settings(values: dict, sources: dict) -> dict:
+    """``--resume``: the settings the run in the output folder was made with, updated by those
+    given again: a setting that changes what the run computes must agree with the stored one (an
+    explicit value equal to a default's effective value counts as agreeing); ``RUN_FREE_FIELDS``
+    (device, progress, ...) may change. ConfigError naming every disagreeing setting."""
+    from .runner import load_run_config
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(map(str, set(values) - names))
+    if unknown:
+        TrainConfig.from_dict(values)  # the error for unknown keys, as without --resume
+    out = values.get("output_dir")
+    if out is None:  # the default folder follows from the settings that name it
+        out = _config_from({k: v for k, v in values.items()
+                            if k in ("dataset", "model", "method", "pruning_ratio", "seed")}, sources).default_output_dir()
+    stored = {k: v for k, v in load_run_config(out).items() if k in names}
+    try:
+        stored_cfg = TrainConfig.from_dict({k: v for k, v in stored.items() if k not in ("resume", "output_dir")})
+    except ConfigError as e:
+        raise ConfigError(f"--resume: the settings stored in {out} are not valid in this version ({e}); "
+                          "resume with the version that made the run") from e
+    stored = stored_cfg.to_dict()
+    disagree = []
+    for key, value in values.items():
+        if key in RUN_FREE_FIELDS or key not in names or stored.get(key) == value:
+            continue
+        try:
+            given_cfg = _config_from({**stored, key: value}, sources)
+        except ConfigError as e:
+            if e.key == key:  # this value itself is wrong (its type): say so, not that it disagrees
+                raise
+            given_cfg = None
+        prop = f"effective_{key}"
+        if given_cfg is not None and hasattr(TrainConfig, prop) and getattr(given_cfg, prop) == getattr(stored_cfg, prop):
+            continue  # e.g. --regrow-ratio 0.1 on an sca run made with the default (0.1)
+        where = sources.get(key, "")
+        shown = f"{key}: {value!r} in {where}" if where.startswith("config file") else _show(key, value)
+        has = stored.get(key)
+        if has is None and hasattr(TrainConfig, prop):
+            disagree.append(f"{shown} (the run has {getattr(stored_cfg, prop)!r}, the default)")
+        else:
+            disagree.append(f"{shown} (the run has {has!r})")
+    if disagree:
+        raise ConfigError(f"--resume: {out} was made with other settings: {'; '.join(disagree)}; drop "
+                          f"{'it' if len(disagree) == 1 else 'them'} (--resume reuses the run's settings) or choose "
+                          "another --output-dir")
+    merged = {k: v for k, v in stored.items() if k not in ("resume", "output_dir")}
+    merged.update({k: v for k, v in values.items() if k in RUN_FREE_FIELDS})
+    merged.update(resume=True, output_dir=str(out))
+    return merged
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    values, sources = _given_settings(args)
+    if values.get("resume"):
+        values = _resume_settings(values, sources)
+    return _config_from(values, sources)
 
 
 def _cmd_train(args) -> int:
@@ -96,7 +186,7 @@ def _cmd_eval(args) -> int:
     acc = _evaluate(model, loader, splits.kind, torch.device(args.device))
     from .metrics import spiking_metrics
 
-    spiking = spiking_metrics(model, (_time_major(x.to(args.device), splits.kind) for x, _ in loader), max_batches=4)
+    spiking = spiking_metrics(model, (_time_major(x.to(args.device), splits.kind) for x, _ in loader))
     print(json.dumps({"run": str(run), "test_accuracy": acc,
                       "parameters": sum(p.numel() for p in model.parameters()),
                       "synops": spiking.get("synops"), "activation_sparsity": spiking.get("activation_sparsity")},
@@ -105,10 +195,12 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .plots import make_report
+    from .plots import load_runs, make_report
+    from .reporting import find_runs, label_runs
 
+    runs = label_runs(load_runs(find_runs(args.run_dirs)))
     out = args.out or str(Path(args.run_dirs[0]) / "report")
-    paths = make_report(args.run_dirs, out)
+    paths = make_report(runs, out)
     for p in paths:
         print(p)
     return 0
@@ -124,7 +216,21 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _put_cwd_on_path() -> None:
+    """Make the current folder importable, as ``python -m sca_plugin`` does (the ``sca-prune``
+    script has its own folder on ``sys.path`` instead): ``--model my_models:csnn`` then works from
+    the folder holding ``my_models.py`` with either command, and gives the same module. Not under
+    ``python -P`` / ``PYTHONSAFEPATH``, where ``python -m`` does not either."""
+    if getattr(sys.flags, "safe_path", False):
+        return
+    cwd = os.getcwd()
+    if cwd not in {os.path.abspath(p) for p in sys.path}:
+        sys.path.insert(0, cwd)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``sca-prune`` with ``argv`` (default ``sys.argv[1:]``); the exit status (2: a one-line error)."""
+    _put_cwd_on_path()
     parser = build_parser()
     args = parser.parse_args(argv)
     from .datasets import DataError

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -11,8 +13,8 @@ from .masking import MASKINGS
 from .regrowth import REGROW_SIGNALS
 from .selection import MODES
 
-__all__ = ["METHODS", "NNI_METHODS", "EMERGENT_SPARSITY", "DYNAMIC_METHODS", "PRESETS", "TrainConfig", "ConfigError",
-           "load_config_file"]
+__all__ = ["METHODS", "NNI_METHODS", "EMERGENT_SPARSITY", "DYNAMIC_METHODS", "PRESETS", "RUN_FREE_FIELDS",
+           "TrainConfig", "ConfigError", "load_config_file"]
 
 #: pruning methods: SCA variants, the paper's ablation, and Torch-Pruning's built-in criteria
 METHODS = ("dense", "sca", "sca-prune-only", "random-init", "l1", "l2", "bnscale", "taylor", "lamp", "random",
@@ -39,8 +41,58 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
+#: settings that do not change what a run computes (where it is written, how it reports, on which
+#: device and whether compiled): they may differ between a run and its ``--resume``, between a
+#: finished run and a benchmark's request for it, and ``sca-prune report`` does not tell runs apart by them
+RUN_FREE_FIELDS = frozenset({"output_dir", "resume", "progress", "tensorboard", "device", "compile"})
+
+
 class ConfigError(ValueError):
-    """A user-fixable problem with the settings (bad value, unknown key); one line."""
+    """A user-fixable problem with the settings (bad value, unknown key); one line.
+
+    ``key``: the setting at fault, where the error is about one setting's value (else None)."""
+
+    def __init__(self, message: str, key: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _field_types() -> Dict[str, tuple]:
+    """``{field: (type, optional)}`` of :class:`TrainConfig` (types: int, float, bool, str)."""
+    global _FIELD_TYPES
+    if _FIELD_TYPES is None:
+        out = {}
+        for name, hint in typing.get_type_hints(TrainConfig).items():
+            args = typing.get_args(hint)
+            optional = type(None) in args
+            kind = next((a for a in args if a is not type(None)), hint) if args else hint
+            out[name] = (kind, optional)
+        _FIELD_TYPES = out
+    return _FIELD_TYPES
+
+
+_FIELD_TYPES: Optional[Dict[str, tuple]] = None
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")  # what YAML 1.1 leaves a string: 1e-3
+
+
+def _type_error(name: str, value: Any) -> Optional[str]:
+    """Why ``value`` is not of the type of setting ``name`` (None if it is)."""
+    kind, optional = _field_types()[name]
+    if value is None and optional:
+        return None
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if ok:
+        return None
+    expected = _TYPE_NAMES.get(kind, kind.__name__) + (" or null (unset)" if optional else "")
+    return f"setting {name!r} must be {expected}, got {value!r} ({type(value).__name__})"
 
 
 @dataclass
@@ -49,7 +101,7 @@ class TrainConfig:
     data_root: Optional[str] = field(default=None, metadata={"help": "folder of a user-supplied dataset"})
     train_limit: Optional[int] = field(default=None, metadata={"help": "use a fixed random subset of this many training samples"})
     test_limit: Optional[int] = field(default=None, metadata={"help": "use a fixed random subset of this many test samples"})
-    model: str = field(default="digits_cnn", metadata={"help": "a name from sca_plugin.models or module:callable"})
+    model: str = field(default="digits_cnn", metadata={"help": "a name from sca_plugin.models or module:callable (importable from the current folder); a factory gets the keywords it accepts of num_classes, in_channels, T, width, neuron, step_mode, input_size"})
     width: float = field(default=1.0, metadata={"help": "channel width multiplier of the reference models"})
     neuron: str = field(default="if", metadata={"help": "if, lif or plif"})
     step_mode: str = field(default="m", metadata={"help": "m (multi-step) or s (single-step)"})
@@ -92,7 +144,7 @@ class TrainConfig:
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the training forward (about 1.5-1.8x faster steps on a 2-core CPU, measured in benchmarks/training_speed.py; the same training up to float rounding; evaluation and pruning stay eager)"})
     output_dir: Optional[str] = field(default=None, metadata={"help": "run folder (default runs/<dataset>-<model>-<method>-<ratio>-seed<seed>)"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in output_dir from its last checkpoint"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in output_dir from its last checkpoint, with the settings it was made with (settings given again must agree); on a finished run: say so, change nothing"})
     tensorboard: bool = field(default=False, metadata={"help": "also log to TensorBoard in output_dir/tb"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
 
@@ -100,6 +152,14 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first setting that is of the wrong type, out of
+        range or inconsistent with another; types are checked first, so a wrong type is reported as
+        such (not as a failed comparison)."""
+        for f in dataclasses.fields(self):
+            problem = _type_error(f.name, getattr(self, f.name))
+            if problem:
+                raise ConfigError(problem, key=f.name)
+
         def bad(msg: str) -> ConfigError:
             return ConfigError(msg)
         if self.method not in METHODS:
@@ -209,16 +269,26 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
+        """Settings from a mapping (keys as the flags, with - or _; a ``preset`` is expanded, the
+        keys given win). A string where a number is expected is read as one when it is a number:
+        YAML reads ``lr: 1e-3`` (no dot) as the string ``'1e-3'``. Any other wrong type is a
+        :class:`ConfigError` naming the key and the expected type."""
         names = {f.name for f in dataclasses.fields(cls)}
-        normalised = {k.replace("-", "_"): v for k, v in values.items()}
-        unknown = sorted(set(normalised) - names)
+        normalised = {k.replace("-", "_") if isinstance(k, str) else k: v for k, v in values.items()}
+        unknown = sorted(map(str, set(normalised) - names))
         if unknown:
             raise ConfigError(f"unknown setting(s) {unknown}; valid keys are the train flags: {', '.join(sorted(names))}")
         preset = normalised.get("preset")
         if preset is not None:
+            if not isinstance(preset, str):
+                raise ConfigError(_type_error("preset", preset), key="preset")
             if preset not in PRESETS:
                 raise ConfigError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
             normalised = {**PRESETS[preset], **normalised}  # what was given explicitly wins
+        types = _field_types()
+        for name, value in normalised.items():
+            if types[name][0] is float and isinstance(value, str) and _NUMBER.match(value.strip()):
+                normalised[name] = float(value)  # else validate() names the key and the expected type
         try:
             return cls(**normalised)
         except TypeError as e:

@@ -13,8 +13,20 @@ What NIR (SpikingJelly 2.0.0's exporter) can express: ``Conv1d``/``Conv2d`` (ung
 padding), ``Linear``, ``AvgPool2d`` (no ceil mode), ``Flatten``, ``IFNode``, ``LIFNode``,
 ``ParametricLIFNode`` (exported as a LIF with its learned time constant), ``CUBALIFNode`` -- all
 with hard reset -- and residual additions. BatchNorm is folded first; ``AdaptiveAvgPool2d`` is
-rewritten as an ``AvgPool2d`` when its input size is a multiple of its output size. Max pooling,
-soft reset, un-foldable BatchNorm (pre-activation blocks) and other operations raise ``ValueError``.
+rewritten as an ``AvgPool2d`` when its input size is a multiple of its output size.
+
+Which models: a :class:`~sca_plugin.models.SpikingNet` (its ``forward_body``, run multi-step), or
+any module whose forward ``torch.fx`` can trace into those layers and additions -- in particular a
+plain ``nn.Sequential`` of SpikingJelly layers (``layer.Conv2d``, ``layer.BatchNorm2d``, neurons,
+``layer.AvgPool2d``, ``layer.Flatten``, ``layer.Linear``), of the ``torch.nn`` equivalents, or of
+``torch.nn`` layers wrapped in ``layer.SeqToANNContainer`` (unwrapped into the equivalent
+multi-step layers), in one step mode. A multi-step model takes ``[T, B, ...]``; a single-step
+model is exported from one step ``[B, ...]`` (NIR describes one step of the dynamics) and
+imports, like every graph, as a multi-step network taking ``[T, B, ...]``. Everything else raises
+one ``ValueError`` line that names each unsupported module or operation once per kind with the
+fix: max pooling (modules, wrapped or functional: NIR has none), soft reset, un-foldable BatchNorm
+(pre-activation blocks), other modules (activations, other neurons, ``MultiStepContainer``, ...)
+and tensor operations in the forward.
 """
 from __future__ import annotations
 
@@ -226,15 +238,25 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------- NIR
 _IDENTITY_TYPES = (nn.Identity, nn.modules.dropout._DropoutNd, layer.Dropout)
 
+_NIR_SUPPORTED = ("Conv1d/Conv2d (ungrouped), Linear, AvgPool2d, Flatten and the neurons IFNode, LIFNode, "
+                  "ParametricLIFNode and CUBALIFNode (hard reset), as SpikingJelly layers or torch.nn modules, "
+                  "also inside SeqToANNContainer, joined by additions")
+
 _NIR_HINTS = {
-    "MaxPool": "NIR has no max pooling; use a model with average pooling such as dvs_net",
+    "MaxPool": "NIR has no max pooling; replace it with average pooling (layer.AvgPool2d), as in dvs_net",
     "BatchNorm": "NIR has no BatchNorm and this one follows no conv/linear it could be folded into "
                  "(e.g. a pre-activation block); use a post-activation model such as dvs_net, resnet18 or sew_resnet",
     "AdaptiveAvgPool": "NIR has no adaptive pooling and this one's input size is not a multiple of its output size; "
                        "choose an input size that is, or use a model with fixed pooling such as dvs_net",
     "soft reset": "NIR has no soft reset; build the neurons with v_reset=0.0 (hard reset)",
     "AvgPool ceil_mode": "NIR has no ceil-mode pooling; use ceil_mode=False",
+    "Flatten": "a torch.nn.Flatten in a multi-step model flattens the [T, B, ...] tensor itself; flatten from dim 2 "
+               "(nn.Flatten(2)) or use layer.Flatten(step_mode='m')",
+    "module": f"SpikingJelly's NIR exporter maps only {_NIR_SUPPORTED}",
+    "operation": "NIR export supports only layers, spiking neurons and additions, not tensor operations in the "
+                 "forward (write them as layers)",
 }
+_MAX_POOL_FUNCTIONS = ("max_pool", "fractional_max_pool", "adaptive_max_pool")
 
 
 def _nir_module_types(to_nir) -> set:
@@ -296,35 +318,126 @@ def _prepare_nir_body(gm: fx.GraphModule, x: torch.Tensor, supported: set) -> No
                     pool = layer.AvgPool2d(kernel_size=k, stride=k, step_mode=getattr(m, "step_mode", "s"))
                     _set_submodule(gm, node.target, pool)
                 continue
-            kind = type(m).__name__
-            if isinstance(m, nn.modules.pooling._MaxPoolNd) or "MaxPool" in kind:
-                problems.setdefault("MaxPool", []).append(f"{kind} {node.target}")
-            elif isinstance(m, _BN):
-                problems.setdefault("BatchNorm", []).append(f"{kind} {node.target}")
-            elif type(m) not in supported:
-                problems.setdefault(kind, []).append(f"{kind} {node.target}")
+            inner = _wrapped(m)
+            kind = type(inner).__name__
+            where = f"{kind} {node.target}" + (" (in a SeqToANNContainer)" if inner is not m else "")
+            if isinstance(inner, (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)) \
+                    or "MaxPool" in kind:
+                problems.setdefault("MaxPool", []).append(where)
+            elif isinstance(inner, _BN):
+                problems.setdefault("BatchNorm", []).append(where)
+            elif inner is not m or type(m) not in supported:
+                problems.setdefault("module", []).append(where)
             elif isinstance(m, neuron.BaseNode) and getattr(m, "v_reset", 0.0) is None:
-                problems.setdefault("soft reset", []).append(f"{kind} {node.target}")
+                problems.setdefault("soft reset", []).append(where)
             elif isinstance(m, nn.AvgPool2d) and m.ceil_mode:
-                problems.setdefault("AvgPool ceil_mode", []).append(f"{kind} {node.target}")
+                problems.setdefault("AvgPool ceil_mode", []).append(where)
         elif node.op == "call_function" and node.target not in (operator.add, torch.add):
             name = getattr(node.target, "__name__", str(node.target))
-            problems.setdefault(f"function {name}", []).append(f"{name} ({node.name})")
+            key = "MaxPool" if any(f in name for f in _MAX_POOL_FUNCTIONS) else "operation"
+            problems.setdefault(key, []).append(f"{name} ({node.name})")
         elif node.op == "call_method" and node.target != "add":
-            problems.setdefault(f"method {node.target}", []).append(f".{node.target}() ({node.name})")
+            problems.setdefault("operation", []).append(f".{node.target}() ({node.name})")
     if problems:
-        parts = []
-        for key, where in problems.items():
-            hint = _NIR_HINTS.get(key)
-            if hint is None:
-                hint = ("NIR export supports only layers, spiking neurons and additions"
-                        if key.startswith(("function", "method")) else f"SpikingJelly's NIR exporter has no mapping for {key}")
-            shown = ", ".join(where[:4]) + (f" and {len(where) - 4} more" if len(where) > 4 else "")
-            parts.append(f"{hint} (found: {shown})")
-        raise ValueError("cannot export to NIR: " + "; ".join(parts))
+        raise ValueError(_nir_problems_message(problems))
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
+
+
+def _nir_problems_message(problems: Dict[str, List[str]]) -> str:
+    """One line: each kind of problem once (its hint), with the modules or operations where it occurs."""
+    order = ["MaxPool", "BatchNorm", "AdaptiveAvgPool", "soft reset", "AvgPool ceil_mode", "Flatten", "module", "operation"]
+    parts = []
+    for key in sorted(problems, key=lambda k: order.index(k) if k in order else len(order)):
+        where = list(dict.fromkeys(problems[key]))
+        shown = ", ".join(where[:4]) + (f" and {len(where) - 4} more" if len(where) > 4 else "")
+        parts.append(f"{_NIR_HINTS.get(key, key)} (found: {shown})")
+    return "cannot export to NIR: " + "; ".join(parts)
+
+
+def _wrapped(m: nn.Module) -> nn.Module:
+    """The module inside a one-module ``SeqToANNContainer`` (what the user wrote), else ``m``."""
+    if isinstance(m, layer.SeqToANNContainer) and len(m) == 1:
+        return m[0]
+    return m
+
+
+#: the SpikingJelly layer computing, on ``[T, B, ...]`` in multi-step mode, what a torch.nn module
+#: computes on ``[T*B, ...]`` inside a ``SeqToANNContainer`` (each subclasses its torch.nn module)
+_STEP_LAYERS = {
+    nn.Conv1d: layer.Conv1d, nn.Conv2d: layer.Conv2d, nn.Linear: layer.Linear,
+    nn.BatchNorm1d: layer.BatchNorm1d, nn.BatchNorm2d: layer.BatchNorm2d, nn.AvgPool2d: layer.AvgPool2d,
+    nn.MaxPool1d: layer.MaxPool1d, nn.MaxPool2d: layer.MaxPool2d, nn.AdaptiveAvgPool2d: layer.AdaptiveAvgPool2d,
+    nn.Flatten: layer.Flatten,
+}
+
+
+def _as_step_layer(m: nn.Module, step_mode: str) -> Optional[nn.Module]:
+    """``m`` (a torch.nn module, or a SpikingJelly layer) as the SpikingJelly layer of that class in
+    ``step_mode``, sharing its parameters and settings; ``nn.Identity`` for identities; None if
+    there is no such layer."""
+    if isinstance(m, _IDENTITY_TYPES):
+        return nn.Identity()
+    sj_cls = next((sj for t, sj in _STEP_LAYERS.items() if type(m) in (t, sj)), None)
+    if sj_cls is None:
+        return None
+    out = sj_cls.__new__(sj_cls)
+    out.__dict__.update(m.__dict__)  # same parameters, buffers and hyper-parameters (a layer only adds step_mode)
+    out.step_mode = step_mode
+    return out
+
+
+def _unwrap_sequence(m: nn.Module) -> List[nn.Module]:
+    if type(m) in (nn.Sequential, layer.SeqToANNContainer):
+        return [part for child in m for part in _unwrap_sequence(child)]
+    return [m]
+
+
+def _rewrite_for_nir(module: nn.Module, multi_step: bool, problems: Dict[str, List[str]], prefix: str = "") -> None:
+    """In place: every ``SeqToANNContainer`` becomes an ``nn.Sequential`` of the equivalent
+    multi-step SpikingJelly layers (the modules without one stay wrapped, alone, so the forward is
+    unchanged and the check names them); in a multi-step model a ``torch.nn.Flatten(start_dim >= 2)``
+    becomes the equivalent ``layer.Flatten``, since the exporter reads a plain Flatten's dimensions
+    as single-step ones."""
+    for name, child in list(module.named_children()):
+        path = f"{prefix}{name}"
+        if type(child) is layer.SeqToANNContainer:
+            parts = []
+            for part in _unwrap_sequence(child):
+                converted = _as_step_layer(part, "m")
+                parts.append(converted if converted is not None else layer.SeqToANNContainer(part))
+            setattr(module, name, nn.Sequential(*parts))
+        elif multi_step and type(child) is nn.Flatten:
+            if child.start_dim >= 2 and (child.end_dim < 0 or child.end_dim >= child.start_dim):
+                end = child.end_dim - 1 if child.end_dim > 0 else child.end_dim
+                setattr(module, name, layer.Flatten(child.start_dim - 1, end, step_mode="m"))
+            else:
+                problems.setdefault("Flatten", []).append(f"Flatten {path} (start_dim={child.start_dim})")
+        else:
+            _rewrite_for_nir(child, multi_step, problems, prefix=f"{path}.")
+
+
+def _exportable_copy(model: nn.Module) -> Tuple[nn.Module, bool]:
+    """A copy of ``model`` in the form the exporter maps (see :func:`_rewrite_for_nir`) and whether
+    it runs multi-step; ``ValueError`` for what cannot be rewritten."""
+    functional.reset_net(model)
+    work = copy.deepcopy(model)
+    if _is_spiking_net(work):
+        work.step_mode = "m"
+        multi_step = True
+    else:
+        modes = {"m" if isinstance(m, sj_base.MultiStepModule) else getattr(m, "step_mode", "s")
+                 for m in work.modules() if isinstance(m, sj_base.StepModule)}
+        if len(modes) > 1:
+            raise ValueError("cannot export to NIR: the model mixes single-step and multi-step SpikingJelly modules; "
+                             "set one step mode for all (functional.set_step_mode(model, 'm'))")
+        multi_step = modes == {"m"}
+    problems: Dict[str, List[str]] = {}
+    _rewrite_for_nir(work, multi_step, problems)
+    if problems:
+        raise ValueError(_nir_problems_message(problems))
+    return work, multi_step
 
 
 def _time_major_input(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor:
@@ -344,29 +457,37 @@ def export_nir(model: nn.Module, example_input: torch.Tensor, path: Optional[Pat
                dt: float = 1e-4):
     """Export the spiking network ``model`` to NIR; writes NIR's HDF5 file to ``path`` (if given).
 
-    Steps: :func:`fuse_batchnorm` on a copy (``model`` is untouched apart from a state reset), the
-    network *body* (:func:`spiking_body`; for a :class:`~sca_plugin.models.SpikingNet` in multi-step
-    mode, input ``[T, B, ...]``, output ``[T, B, classes]``: no input repetition, no time average,
-    which the :class:`ImportedNIRNet` returned by :func:`import_nir` adds back), identities dropped and
-    exact ``AdaptiveAvgPool2d`` rewritten as ``AvgPool2d``, then SpikingJelly's
-    ``nir_exchange.export_to_nir``. ``example_input`` is a static ``[B, C, H, W]`` batch (repeated
-    ``model.T`` times) or ``[T, B, C, H, W]``; it fixes the layer shapes recorded in the graph.
+    Steps: a copy of ``model`` (``model`` is untouched apart from a state reset) with every
+    ``layer.SeqToANNContainer`` replaced by the equivalent multi-step SpikingJelly layers;
+    :func:`fuse_batchnorm`; the network *body* (:func:`spiking_body`; for a
+    :class:`~sca_plugin.models.SpikingNet`, in multi-step mode, input ``[T, B, ...]``, output
+    ``[T, B, classes]``: no input repetition, no time average, which the :class:`ImportedNIRNet`
+    returned by :func:`import_nir` adds back; for any other module its ``forward``, e.g. an
+    ``nn.Sequential``), identities dropped and exact ``AdaptiveAvgPool2d`` rewritten as
+    ``AvgPool2d``, then SpikingJelly's ``nir_exchange.export_to_nir``.
 
-    The graph's ``metadata`` records ``format``, ``time_steps`` (``model.T``), ``readout`` (``"mean"``)
-    and ``dt`` so that :func:`import_nir` can rebuild the SpikingNet's behaviour.
+    ``example_input`` fixes the layer shapes recorded in the graph: for a SpikingNet a static
+    ``[B, C, H, W]`` batch (repeated ``model.T`` times) or ``[T, B, C, H, W]``; for another
+    multi-step model what it takes (``[T, B, ...]``); for a single-step model one step ``[B, ...]``.
+
+    The graph's ``metadata`` records ``format``, ``readout`` (``"mean"`` for a SpikingNet, else
+    ``"sequence"``), ``dt``, ``source``, ``source_step_mode`` and, for a SpikingNet, ``time_steps``
+    (``model.T``) so that :func:`import_nir` can rebuild the model's behaviour.
 
     Returns the ``nir.NIRGraph``. Raises :class:`NIRNotInstalledError` (an ``ImportError``) without
-    ``nir``/``nirtorch`` and ``ValueError`` (naming the module types and the fix) for what NIR cannot
-    express: max pooling, BatchNorm that cannot be folded, soft reset, non-integer adaptive pooling,
-    operations other than layers, neurons and additions.
+    ``nir``/``nirtorch`` and one ``ValueError`` (each kind of problem once, naming the modules and
+    the fix) for what NIR cannot express: max pooling, BatchNorm that cannot be folded, soft reset,
+    non-integer adaptive pooling, other modules, operations other than layers, neurons and additions.
     """
     nir, to_nir, _ = _require_nir()
     if dt <= 0:
         raise ValueError(f"dt must be positive, got {dt!r}")
-    fused = fuse_batchnorm(model)
+    if not isinstance(example_input, torch.Tensor):
+        raise TypeError(f"example_input must be a tensor, got {type(example_input).__name__}")
+    work, multi_step = _exportable_copy(model)
+    fused = fuse_batchnorm(work)
     spiking = _is_spiking_net(fused)
     if spiking:
-        fused.step_mode = "m"
         x = _time_major_input(fused, example_input)
     else:
         x = example_input
@@ -386,7 +507,7 @@ def export_nir(model: nn.Module, example_input: torch.Tensor, path: Optional[Pat
     finally:
         functional.reset_net(gm)
     metadata = {"format": NIR_FORMAT, "dt": float(dt), "readout": "mean" if spiking else "sequence",
-                "source": type(model).__name__}
+                "source": type(model).__name__, "source_step_mode": "m" if multi_step else "s"}
     if spiking:
         metadata["time_steps"] = int(fused.T)
     graph.metadata = {**dict(getattr(graph, "metadata", None) or {}), **metadata}
@@ -429,8 +550,10 @@ class ImportedNIRNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_dims is not None and x.dim() == self.input_dims + 1:
             if self.time_steps is None:
-                raise ValueError(f"got a static batch {tuple(x.shape)} but the NIR graph records no time_steps; "
-                                 "pass a time-major [T, B, ...] input")
+                single = self.metadata.get("source_step_mode") == "s"
+                raise ValueError(f"got a static batch {tuple(x.shape)} but the NIR graph records no time_steps"
+                                 + (" (it was exported from a single-step model; the imported network is multi-step)"
+                                    if single else "") + "; pass a time-major [T, B, ...] input")
             x = x.unsqueeze(0).repeat(self.time_steps, *([1] * x.dim()))
         out, _ = self.graph_module(x)
         return out.mean(dim=0) if self.readout == "mean" else out

@@ -12,13 +12,17 @@ SpikingJelly network mislead it (see ``docs`` / ecosystem facts):
 :func:`repair_time_dimension` removes the index mappings of time/batch unbinds, turns the flatten
 mapping back on and recomputes all mappings; reshapes whose channel count is unchanged (the folds)
 then map channels one to one. :class:`SpikingMetaPruner` is Torch-Pruning's ``BasePruner`` with
-spiking neurons registered, the graph repaired, and training mode restored after tracing.
+spiking neurons registered, the graph repaired, and training mode restored after tracing;
+:func:`build_graph` is the one place that traces a ``DependencyGraph`` for everything else.
+Tracing runs on autograd, so it enables autograd itself (it works under ``torch.no_grad()`` and
+``torch.inference_mode()``, where a user typically loads a model).
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
+import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
@@ -29,6 +33,7 @@ from spikingjelly.activation_based import functional
 from .neurons import SpikingNeuronPruner, is_spiking_neuron, neuron_types_in
 
 __all__ = [
+    "build_graph",
     "repair_time_dimension",
     "spiking_neuron_pruners",
     "SpikingMetaPruner",
@@ -109,6 +114,38 @@ def _recording_neuron_channels(model: nn.Module, pruner: SpikingNeuronPruner) ->
             h.remove()
 
 
+def reaches_output(DG: tp.DependencyGraph, group) -> bool:
+    """Whether pruning ``group`` changes the model's output size: one of its layers whose output
+    channels it removes (not a consumer whose input channels shrink) feeds nothing (a graph output)."""
+    for dep, _ in group:
+        if DG.is_in_channel_pruning_fn(dep.handler) and not DG.is_out_channel_pruning_fn(dep.handler):
+            continue  # a consumer (conv/linear input channels): its output size stays
+        outputs = dep.target.outputs
+        if not outputs or any(n.type == ops.OPTYPE.OUTPUT for n in outputs):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def autograd_for_tracing() -> Iterator[None]:
+    """Torch-Pruning traces the autograd graph ("Dependency graph relies on autograd for tracing"):
+    switch autograd on for the trace, even inside ``torch.no_grad()`` or ``torch.inference_mode()``."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def traceable(inputs: Any) -> Any:
+    """``inputs`` with inference tensors (made under ``torch.inference_mode()``, which autograd cannot
+    record) replaced by ordinary copies; other values unchanged. Call inside :func:`autograd_for_tracing`."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.clone() if inputs.is_inference() else inputs
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(traceable(x) for x in inputs)
+    if isinstance(inputs, dict):
+        return {k: traceable(v) for k, v in inputs.items()}
+    return inputs
+
+
 def _call(model: nn.Module, example_inputs: Any, forward_fn=None):
     if forward_fn is not None:
         return forward_fn(model, example_inputs)
@@ -122,7 +159,6 @@ def _call(model: nn.Module, example_inputs: Any, forward_fn=None):
 def eval_outputs(model: nn.Module, inputs: Any, forward_fn=None) -> list:
     """The model's output tensors for ``inputs`` in eval mode, from a fresh neuron state (and the
     state reset afterwards); train/eval flags are restored."""
-    import torch
 
     with preserve_training_mode(model), torch.no_grad():
         model.eval()
@@ -144,8 +180,6 @@ def spiking_neuron_pruners(model: nn.Module, example_inputs: Any, forward_fn=Non
                                       customized_pruners=spiking_neuron_pruners(model, x))
         repair_time_dimension(pruner.DG)
     """
-    import torch
-
     pruner = SpikingNeuronPruner()
     functional.reset_net(model)
     with preserve_training_mode(model), _recording_neuron_channels(model, pruner), torch.no_grad():
@@ -172,8 +206,8 @@ class SpikingMetaPruner(tp.pruner.BasePruner):
         functional.reset_net(model)
         try:
             with preserve_training_mode(model), _recording_neuron_channels(model, neuron_pruner), \
-                    _removing_leaked_hooks(model):
-                super().__init__(model, example_inputs, importance, *args, customized_pruners=pruners,
+                    _removing_leaked_hooks(model), autograd_for_tracing():
+                super().__init__(model, traceable(example_inputs), importance, *args, customized_pruners=pruners,
                                  forward_fn=forward_fn, **kwargs)
         except (RuntimeError, TypeError, IndexError) as e:
             raise ValueError(
@@ -186,18 +220,42 @@ class SpikingMetaPruner(tp.pruner.BasePruner):
         self.neuron_pruner = neuron_pruner
 
 
+def build_graph(model: nn.Module, example_inputs: Any, forward_fn=None,
+                customized_pruners: Optional[dict] = None) -> Tuple[tp.DependencyGraph, Optional[SpikingNeuronPruner]]:
+    """Torch-Pruning's dependency graph of a SpikingJelly ``model``, repaired for the time dimension.
+
+    Spiking neurons are registered as customised layers (``customized_pruners`` adds or overrides
+    entries), autograd is enabled for the trace, the model's train/eval flags and neuron states
+    are restored, and hooks a failed trace leaves behind are removed. Returns the graph and the
+    neuron pruner (None when the model has no spiking neurons).
+    """
+    neuron_pruners = spiking_neuron_pruners(model, example_inputs, forward_fn)
+    pruners: Dict[Any, Any] = dict(neuron_pruners)
+    pruners.update(customized_pruners or {})
+    neuron_pruner = next(iter(neuron_pruners.values()), None)
+    DG = tp.DependencyGraph()
+    functional.reset_net(model)
+    try:
+        with preserve_training_mode(model), _removing_leaked_hooks(model), autograd_for_tracing(), \
+                (_recording_neuron_channels(model, neuron_pruner) if neuron_pruner is not None else contextlib.nullcontext()):
+            DG.build_dependency(model, traceable(example_inputs), forward_fn=forward_fn,
+                                customized_pruners=pruners, verbose=False)
+    finally:
+        functional.reset_net(model)
+    repair_time_dimension(DG)
+    return DG, neuron_pruner
+
+
 def replay_pruning(model: nn.Module, example_inputs: Any, history, forward_fn=None) -> nn.Module:
     """Prune a freshly built ``model`` in place as recorded in ``pruner.pruning_history()``.
 
     Use it to load a finalized model from a ``state_dict``: build the unpruned architecture,
-    replay the history, then ``load_state_dict``.
+    replay the history, then ``load_state_dict``. A history that does not fit the model raises
+    and leaves the model unchanged.
     """
-    DG = tp.DependencyGraph()
-    functional.reset_net(model)
-    pruners = spiking_neuron_pruners(model, example_inputs, forward_fn)
-    with preserve_training_mode(model):
-        DG.build_dependency(model, example_inputs, forward_fn=forward_fn, customized_pruners=pruners, verbose=False)
-    repair_time_dimension(DG)
-    DG.load_pruning_history(history)
-    functional.reset_net(model)
+    from .rollback import RemovalTransaction
+
+    DG, neuron_pruner = build_graph(model, example_inputs, forward_fn)
+    with RemovalTransaction(model, DG, neuron_pruner):
+        DG.load_pruning_history(history)
     return model

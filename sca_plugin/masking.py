@@ -61,12 +61,28 @@ class ChannelMasker:
     ``straight_through=True`` passes the gradient of masked channels through unchanged (their
     parameters keep a training signal, the regrowth criterion reads it); ``False`` is an exact
     mask (what training the physically pruned network does), for a structure that no longer changes.
+
+    Everything that changes during training is a tensor changed in place (the masks and the
+    straight-through switch), and the hook set only grows when a layer is first masked: a
+    ``torch.compile``'d forward, which does not guard on module hooks, then computes the same as
+    eager mode (install every mask, all ones, before the first compiled call).
     """
 
     def __init__(self, straight_through: bool = True) -> None:
         self.masks: Dict[nn.Module, Optional[torch.Tensor]] = {}
-        self.straight_through = straight_through
+        self._through: Dict[nn.Module, torch.Tensor] = {}  # 1.0: straight-through gradient, 0.0: exact
+        self._straight_through = bool(straight_through)
         self._handles: List = []
+
+    @property
+    def straight_through(self) -> bool:
+        return self._straight_through
+
+    @straight_through.setter
+    def straight_through(self, value: bool) -> None:
+        self._straight_through = bool(value)
+        for flag in self._through.values():
+            flag.fill_(1.0 if self._straight_through else 0.0)
 
     def set_mask(self, module: nn.Module, keep: torch.Tensor) -> None:
         """Mask ``module``'s output channels where ``keep`` is False (a bool vector)."""
@@ -77,6 +93,9 @@ class ChannelMasker:
             current.copy_(keep)  # in place: a torch.compile'd forward keeps its graph
         else:
             self.masks[module] = keep.float()
+        flag = self._through.get(module)
+        if flag is None or flag.device != keep.device:
+            self._through[module] = torch.full((), 1.0 if self._straight_through else 0.0, device=keep.device)
 
     def _hook(self, module: nn.Module, args, output):
         keep = self.masks.get(module)
@@ -86,13 +105,17 @@ class ChannelMasker:
         shape = [1] * output.dim()
         shape[dim] = -1
         mask = keep.to(device=output.device, dtype=output.dtype).view(shape)
-        return StraightThroughMask.apply(output, mask) if self.straight_through else output * mask
+        through = self._through[module].to(device=output.device, dtype=output.dtype)
+        # value: output * mask exactly (the second term is zero); gradient: mask + (1 - mask) * through,
+        # i.e. straight-through (1) or exact (mask), switched by a tensor rather than by Python control flow
+        return output * mask + (output - output.detach()) * ((1.0 - mask) * through)
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
         self.masks.clear()
+        self._through.clear()
 
 
 def _is_bn(m: nn.Module) -> bool:

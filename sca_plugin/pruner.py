@@ -14,15 +14,14 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
-from spikingjelly.activation_based import functional
 
-from .graph import SpikingMetaPruner, eval_outputs
+from .graph import SpikingMetaPruner, reaches_output
 from .importance import SCAImportance, group_channel_mean, group_members
 from .masking import MASKINGS, ChannelMasker, channel_parameters, mask_targets, zero_channels
 from .regrowth import REGROW_SIGNALS, GradientMagnitudes
-from .rollback import ModuleSnapshot, float_dtypes, restore_dtypes, to_double
+from .rollback import RemovalTransaction
 from .distributed import broadcast_
-from .neurons import is_spiking_neuron
+from .neurons import is_spiking_neuron, untraced_neurons_message
 from .optim import rebuild_optimizer
 from .schedule import REGROW_DECAYS, SCHEDULES, regrow_at, sparsity_at
 from .selection import MODES, Selection, select_channels
@@ -296,10 +295,16 @@ class SCAPruner(SpikingMetaPruner):
 
     def _check_groups(self) -> None:
         if not self.groups:
+            untraced = untraced_neurons_message(self.model, self.DG, self.neuron_pruner)
             raise ValueError("no prunable channel groups: every convolution is ignored or the model has none "
-                             f"of the root module types {self.root_module_types}")
+                             f"of the root module types {self.root_module_types}" + (f"; {untraced}" if untraced else ""))
         for root, group in self.groups:
             name = self.module_names.get(root, repr(root))
+            if reaches_output(self.DG, group):
+                raise ValueError(
+                    f"the channels of {name} are the model's output (pruning them would change the output's size, "
+                    f"e.g. the number of classes); add it to ignored_layers (Torch-Pruning's convention: "
+                    f"ignored_layers=[<the classifier>]) or leave {type(root).__name__} out of root_module_types")
             if isinstance(self.importance, SCAImportance) and not group_members(group, is_spiking_neuron):
                 raise ValueError(
                     f"the channels of {name} reach no spiking neuron, so they have no SCA score; "
@@ -311,34 +316,57 @@ class SCAPruner(SpikingMetaPruner):
                     f"by |dL/dgamma|; add a BatchNorm after {name}, ignore it, or use regrow_ratio=0")
 
     # ------------------------------------------------------------------ hooks
+    # The set of forward hooks stays the same from construction to finalize(): torch.compile does not
+    # guard on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``), so a compiled
+    # training forward would silently ignore a hook added, removed or replaced after its first call.
+    # Masks and the straight-through switch are tensors updated in place instead.
     def _install(self) -> None:
         if isinstance(self.importance, SCAImportance):
             self.importance.attach(self.model)
-        if self.regrow_ratio > 0 and not self.fixed:
-            bns = {m for _, group in self.groups for m in group_members(group, _is_bn) if m.weight is not None}
-            for bn in sorted(bns, key=lambda m: self.module_names[m]):
-                self._grad_hooks.append(bn.weight.register_hook(self._growth.hook_for(bn)))
+        self._install_growth_hooks()
         self._masker.straight_through = not self.fixed
         for i, keep in enumerate(self.masks):
-            if keep is not None:
-                self._apply_mask(i, keep)
+            self._apply_mask(i, keep)
 
     def _uninstall(self) -> None:
         if isinstance(self.importance, SCAImportance):
             self.importance.detach()
+        self._remove_growth_hooks()
+        self._masker.remove()
+
+    def _install_growth_hooks(self) -> None:
+        """Tensor hooks on the BatchNorm weights (the regrowth signal); they run in the autograd
+        engine, outside a compiled graph, so they may come and go."""
+        if self.regrow_ratio > 0 and not self.fixed:
+            bns = {m for _, group in self.groups for m in group_members(group, _is_bn) if m.weight is not None}
+            for bn in sorted(bns, key=lambda m: self.module_names[m]):
+                self._grad_hooks.append(bn.weight.register_hook(self._growth.hook_for(bn)))
+
+    def _remove_growth_hooks(self) -> None:
         for h in self._grad_hooks:
             h.remove()
         self._grad_hooks.clear()
-        self._masker.remove()
 
-    def _apply_mask(self, i: int, keep: torch.Tensor) -> None:
-        if self.masking == "soft" and not self.fixed:
-            return  # the reference code: no forward mask, the channels are only zeroed at updates
+    def _set_fixed(self, fixed: bool) -> None:
+        """Switch between the dynamic phase (straight-through masks, regrowth signal recorded) and
+        fixed masks (exact masks), changing tensors in place and no forward hook."""
+        self.fixed = fixed
+        self._remove_growth_hooks()
+        self._install_growth_hooks()
+        self._masker.straight_through = not fixed
+        for i, keep in enumerate(self.masks):
+            self._apply_mask(i, keep)
+
+    def _apply_mask(self, i: int, keep: Optional[torch.Tensor]) -> None:
+        """Set group ``i``'s forward masks (all ones while it has no mask yet, and under ``soft``
+        masking before the masks are fixed: the reference code zeroes channels only at updates)."""
+        soft = self.masking == "soft" and not self.fixed
         for module, local, root in self._mask_targets[i]:
             n = _out_channels(module)
             module_keep = torch.ones(n, dtype=torch.bool)
-            module_keep[torch.tensor(local)] = keep[torch.tensor(root)]
-            device = next((p.device for p in module.parameters()), keep.device)
+            if keep is not None and not soft:
+                module_keep[torch.tensor(local)] = keep[torch.tensor(root)]
+            device = next((p.device for p in module.parameters()), torch.device("cpu"))
             self._masker.set_mask(module, module_keep.to(device))
 
     # ------------------------------------------------------------------ training-loop API
@@ -487,9 +515,7 @@ class SCAPruner(SpikingMetaPruner):
             raise RuntimeError("fix_masks() before any mask exists: call update_masks() at least once")
         if self.fixed:
             return
-        self._uninstall()
-        self.fixed = True
-        self._install()
+        self._set_fixed(True)
         self.reset_masked_channels()
 
     def check_model_unchanged(self) -> None:
@@ -549,45 +575,22 @@ class SCAPruner(SpikingMetaPruner):
         model = self.model
         inputs = self.example_inputs if example_inputs is None else example_inputs
         self._param_names = {id(p): n for n, p in model.named_parameters()}
-        verify = self.verify_atol is not None
-        dtypes = float_dtypes(model) if verify else {}
-        # the masked channels' parameters are zeroed before removal ("soft" masking: this is the
-        # reference code's final zeroing, which makes the model equal the pruned one; otherwise it
-        # changes no output); kept to undo it if removal fails
-        zeroed = {id(p): (p, p.data.clone()) for entries in self._channel_params for m, name, *_ in entries
-                  for p in [self.parameter_of(m, name)]}
-        for entries, keep in zip(self._channel_params, self.masks):
-            zero_channels(entries, keep, self.parameter_of)
-        if verify:
-            # compare in float64: removing channels changes the summation order, and in float32 a
-            # membrane potential within rounding of the threshold could flip a spike
-            model.double()
-            reference = eval_outputs(model, to_double(inputs), self.forward_fn)
-        self._uninstall()
-        saved = ModuleSnapshot(model, self.DG, self.neuron_pruner)
-        try:
+        with RemovalTransaction(model, self.DG, self.neuron_pruner, inputs=inputs, forward_fn=self.forward_fn,
+                                verify_atol=self.verify_atol) as removal:
+            # the masked channels' parameters are zeroed before removal ("soft" masking: this is the
+            # reference code's final zeroing, which makes the model equal the pruned one; otherwise it
+            # changes no output)
+            for entries, keep in zip(self._channel_params, self.masks):
+                zero_channels(entries, keep, self.parameter_of)
+            removal.record_reference()
+            self._uninstall()
+            removal.on_rollback.append(self._install)
             for (root, _), keep in zip(self.groups, self.masks):
                 idxs = torch.nonzero(~keep).flatten().tolist()
                 if idxs:
                     pruning_fn = self.DG.get_pruner_of_module(root).prune_out_channels
-                    group = self.DG.get_pruning_group(root, pruning_fn, idxs)
-                    group.prune()
-            functional.reset_net(model)
-            if verify:
-                diff = max((a - b).abs().max().item() for a, b in zip(reference, eval_outputs(model, to_double(inputs), self.forward_fn)))
-                if not diff <= self.verify_atol:
-                    raise RuntimeError(
-                        f"the pruned model's outputs differ from the masked model's by {diff:.3g} "
-                        f"(> verify_atol={self.verify_atol}); the model was restored. Please report this "
-                        f"architecture; finalize with verify_atol=None to skip the check")
-        except Exception:
-            saved.restore()
-            restore_dtypes(model, dtypes)
-            for p, data in zeroed.values():
-                p.data = data
-            self._install()
-            raise
-        restore_dtypes(model, dtypes)
+                    self.DG.get_pruning_group(root, pruning_fn, idxs).prune()
+            removal.verify()
         self.finalized = True
         return model
 
@@ -663,9 +666,7 @@ class SCAPruner(SpikingMetaPruner):
             if keep is not None:
                 self._apply_mask(i, keep)
         if bool(state.get("fixed", False)) != self.fixed:
-            self._uninstall()
-            self.fixed = bool(state.get("fixed", False))
-            self._install()
+            self._set_fixed(bool(state.get("fixed", False)))
         self.num_updates = int(state["num_updates"])
         self.num_steps = int(state["num_steps"])
         self.history = copy.deepcopy(state["history"])

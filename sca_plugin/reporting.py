@@ -1,4 +1,6 @@
-"""Size and cost of a (pruned) spiking network: parameters, MACs per time step, channels per layer.
+"""Size and cost of a (pruned) spiking network: parameters, MACs per time step, channels per layer;
+and the runs ``sca-prune report`` compares (run folders found under a parent, runs told apart by
+every setting in which they differ).
 
 MACs are counted with forward hooks on every convolution and linear layer (SpikingJelly's
 ``layer.*`` wrappers included, whatever the step mode): ``output elements x (input channels per
@@ -8,17 +10,24 @@ measure).
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
-from typing import Any, Dict, List, Optional
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional
 
+from .config import RUN_FREE_FIELDS
 from .graph import _call, preserve_training_mode
 from .neurons import is_spiking_neuron, neuron_channel_dim
 
-__all__ = ["count_parameters", "count_macs", "conv_channels", "model_stats", "pruning_report"]
+__all__ = ["count_parameters", "count_macs", "conv_channels", "model_stats", "pruning_report", "find_runs",
+           "run_settings", "REPORT_FREE_FIELDS", "label_runs"]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -104,3 +113,82 @@ def pruning_report(before: dict, after: dict, labels: tuple = ("before", "after"
         ratio = f"{a / b:.3f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "-"
         lines.append(f"{name:<{width}}  {_fmt(b):>14}  {_fmt(a):>14}  {ratio:>7}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- runs of a report
+def find_runs(paths: Iterable[Union[str, "os.PathLike[str]"]]) -> List[Path]:
+    """The runs ``paths`` name: a run folder (holding ``metrics.json``) or a ``metrics.json`` file is
+    itself; any other folder stands for every run folder below it (sorted). ValueError for a path
+    that does not exist or a folder without runs."""
+    found: List[Path] = []
+    for p in map(Path, paths):
+        if p.is_file() or (p / "metrics.json").is_file():
+            found.append(p)
+        elif p.is_dir():
+            runs = sorted(f.parent for f in p.rglob("metrics.json"))
+            if not runs:
+                raise ValueError(f"no metrics.json in {p} or its subfolders: give run folders of `sca-prune train` "
+                                 "or a folder that holds them")
+            found.extend(runs)
+        else:
+            raise ValueError(f"{p} does not exist")
+    return list(dict.fromkeys(found))
+
+
+#: settings by which ``sca-prune report`` does not tell runs apart: those that do not change what a
+#: run computes (``RUN_FREE_FIELDS``) and the seed (a row is the mean over seeds)
+REPORT_FREE_FIELDS = frozenset(RUN_FREE_FIELDS | {"seed"})
+# what the report's rows already show (plots.group_runs groups by them)
+_ROW_FIELDS = ("dataset", "model", "method", "pruning_ratio")
+
+
+def run_settings(run: Mapping) -> Dict[str, Any]:
+    """The settings of a run (its ``metrics.json`` ``config``) that tell runs apart in a report:
+    ``REPORT_FREE_FIELDS`` left out, settings added since the run was made at their defaults, and
+    the settings whose default depends on others (``regrow_ratio``, ``global_pruning``,
+    ``fixed_mask_epochs``, ...) as the values the run used."""
+    from .config import ConfigError, TrainConfig
+
+    config = dict(run.get("config") or {})
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k in names})
+    except ConfigError:  # a config this version cannot read: compare what was stored
+        values = config
+    else:
+        values = cfg.to_dict()
+        for name in values:
+            effective = getattr(cfg, f"effective_{name}", None)
+            if effective is not None:
+                values[name] = effective
+    return {k: v for k, v in values.items() if k not in REPORT_FREE_FIELDS}
+
+
+def _fmt_setting(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def label_runs(runs: Sequence[Mapping]) -> List[dict]:
+    """Copies of ``runs`` in which runs that a report row would average although their settings
+    differ are told apart: where runs of one dataset, model, method and pruning ratio differ in any
+    setting (:func:`run_settings`), each run's ``method`` becomes ``"<method> (<setting>=<value>, ...)"``
+    with every setting that differs within that row, so each combination is its own row, labelled.
+    Runs that differ only in their seed keep their method (one row, mean ± std over seeds). A
+    labelled dense run keeps ratio 0 (``pruning_ratio`` set to 0)."""
+    settings = [run_settings(r) for r in runs]
+    rows: Dict[tuple, List[int]] = {}
+    for i, r in enumerate(runs):
+        ratio = 0.0 if r.get("method") == "dense" else r.get("pruning_ratio")
+        rows.setdefault((r.get("dataset"), r.get("model"), r.get("method"), ratio), []).append(i)
+    out = [copy.copy(dict(r)) for r in runs]
+    for members in rows.values():
+        keys = sorted({k for i in members for k in settings[i]} - set(_ROW_FIELDS))
+        differ = [k for k in keys if len({repr(settings[i].get(k)) for i in members}) > 1]
+        if not differ:
+            continue
+        for i in members:
+            label = ", ".join(f"{k}={_fmt_setting(settings[i].get(k))}" for k in differ)
+            if out[i].get("method") == "dense":
+                out[i]["pruning_ratio"] = 0.0
+            out[i]["method"] = f"{out[i].get('method')} ({label})"
+    return out

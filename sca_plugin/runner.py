@@ -6,6 +6,7 @@ written atomically), ``metrics.json``, ``model.pt`` (the finalized model as a pi
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import json
@@ -24,7 +25,7 @@ import torch_pruning as tp
 from spikingjelly.activation_based import functional
 
 from .collapse import collapse_check
-from .config import NNI_METHODS, ConfigError, TrainConfig
+from .config import NNI_METHODS, RUN_FREE_FIELDS, ConfigError, TrainConfig
 from .distributed import rank, world_size
 from .files import atomic_save, atomic_write_text, keep_previous
 from .graph import replay_pruning
@@ -33,13 +34,15 @@ from .optim import rebuild_optimizer
 from .pruner import SCAPruner
 from .reporting import model_stats, pruning_report
 
-__all__ = ["RunError", "run_training", "build_model", "load_finalized_model"]
+__all__ = ["RunError", "run_training", "build_model", "unused_model_settings", "load_finalized_model",
+           "load_run_config"]
 
 CHECKPOINT, METRICS, MODEL, MODEL_STATE = "checkpoint.pt", "metrics.json", "model.pt", "model_state.pth"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the checkpoint of the epoch before, kept until the next one is written
 BASELINE = "dense_baseline.json"
+_CHECKPOINT_KEYS = ("config", "epoch", "model", "optimizer", "scheduler", "rng", "epochs_log")  # what resume reads
 # settings that may differ between an interrupted run and its resumption
-_RESUME_FREE = {"resume", "progress", "tensorboard", "device", "output_dir", "compile"}
+_RESUME_FREE = RUN_FREE_FIELDS
 
 
 class RunError(RuntimeError):
@@ -47,32 +50,101 @@ class RunError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- model & method
-def _call_accepting(fn: Callable, **kwargs: Any):
-    params = inspect.signature(fn).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return fn(**kwargs)
-    return fn(**{k: v for k, v in kwargs.items() if k in params})
+#: what build_model passes a model factory (keyword) and the setting each keyword comes from (None:
+#: from the data)
+_FACTORY_KEYWORDS = {"num_classes": None, "in_channels": None, "T": "time_steps", "width": "width",
+                     "neuron": "neuron", "step_mode": "step_mode", "input_size": None}
 
 
-def build_model(cfg: TrainConfig, num_classes: int, in_channels: int, input_size) -> nn.Module:
-    """A reference model by name, or ``module:callable`` (called with the keywords it accepts)."""
-    kwargs = dict(num_classes=num_classes, in_channels=in_channels, T=cfg.time_steps, width=cfg.width,
-                  neuron=cfg.neuron, step_mode=cfg.step_mode, input_size=input_size)
+def _model_factory(cfg: TrainConfig) -> Callable[..., nn.Module]:
+    """The callable ``cfg.model`` names: a reference model or ``module:callable``."""
     if ":" in cfg.model:
         module_name, _, attr = cfg.model.partition(":")
         try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"cannot import model {cfg.model!r} ({e}); give module:callable importable from here") from e
-        return _call_accepting(factory, **kwargs)
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            if isinstance(e, ModuleNotFoundError) and e.name and module_name.startswith(e.name):
+                raise ConfigError(f"cannot import model {cfg.model!r}: no module {e.name!r} here; give "
+                                  "module:callable importable from here (run from the folder that holds "
+                                  f"{e.name.replace('.', '/')}.py, or add that folder to PYTHONPATH)") from e
+            raise ConfigError(f"cannot import model {cfg.model!r}: importing {module_name} failed ({e})") from e
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise ConfigError(f"cannot import model {cfg.model!r}: module {module_name} has no callable {attr!r}")
+        return factory
     from .models import MODELS
 
     if cfg.model.lower() not in MODELS:
         raise ConfigError(f"unknown model {cfg.model!r}; use one of {', '.join(MODELS)} or module:callable")
-    factory = MODELS[cfg.model.lower()]
-    if "input_size" not in inspect.signature(factory).parameters:
-        kwargs.pop("input_size")
+    return MODELS[cfg.model.lower()]
+
+
+def _model_settings(cfg: TrainConfig, data_kind: Optional[str]) -> List[str]:
+    """Settings that only the model factory can apply: width, neuron, step mode, and the number of
+    time steps on static data (event data has its time steps in the frames)."""
+    settings = ["width", "neuron", "step_mode"]
+    if data_kind == "static":
+        settings.insert(0, "time_steps")
+    return settings
+
+
+def _model_kwargs(cfg: TrainConfig, factory: Callable, num_classes: int, in_channels: int, input_size,
+                  data_kind: Optional[str] = None) -> tuple:
+    """``(keywords to call factory with, settings it does not take)``.
+
+    A reference model (``sca_plugin.models``) takes every setting. A ``module:callable`` factory is called with the keywords of ``_FACTORY_KEYWORDS`` its signature accepts (all with
+    ``**kwargs``). A setting only the model can apply (``_model_settings``) that the factory does not
+    take is refused when it differs from its default (it would be recorded but not used); at its
+    default it is listed as unused (metrics.json ``model_settings_unused``)."""
+    values = dict(num_classes=num_classes, in_channels=in_channels, T=cfg.time_steps, width=cfg.width,
+                  neuron=cfg.neuron, step_mode=cfg.step_mode, input_size=input_size)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # no signature to read (some builtins): pass everything
+        params = None
+    if ":" not in cfg.model:  # a reference model: all but input_size (their **kwargs go to the neurons)
+        return {k: v for k, v in values.items() if k != "input_size" or (params and k in params)}, []
+    if params is None:
+        return values, []
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return values, []
+    kwargs = {k: v for k, v in values.items() if k in params}
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs
+               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if missing:
+        raise ConfigError(f"model {cfg.model!r} requires {', '.join(missing)}, which sca-prune does not pass: it "
+                          f"calls the factory with the keywords it accepts of {', '.join(_FACTORY_KEYWORDS)}; "
+                          "give the other parameters defaults")
+    taken = {setting for kw, setting in _FACTORY_KEYWORDS.items() if kw in params and setting}
+    unused = [s for s in _model_settings(cfg, data_kind) if s not in taken]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    changed = [s for s in unused if getattr(cfg, s) != defaults[s]]
+    if changed:
+        keyword = {setting: kw for kw, setting in _FACTORY_KEYWORDS.items() if setting}
+        flags = ", ".join(f"--{s.replace('_', '-')} {getattr(cfg, s)}" for s in changed)
+        raise ConfigError(f"model {cfg.model!r} does not take {', '.join(keyword[s] for s in changed)}, so {flags} "
+                          f"would be recorded but not used: drop {'it' if len(changed) == 1 else 'them'}, or add "
+                          f"the parameter{'s' if len(changed) > 1 else ''} to the factory")
+    return kwargs, unused
+
+
+def build_model(cfg: TrainConfig, num_classes: int, in_channels: int, input_size, *,
+                data_kind: Optional[str] = None) -> nn.Module:
+    """A reference model by name, or ``module:callable`` (called with the keywords it accepts).
+
+    ``data_kind`` (``'static'`` or ``'event'``): with static data the number of time steps reaches
+    the network only through the factory's ``T``, so a ``time_steps`` other than the default is
+    refused for a factory without ``T``. Width, neuron and step mode are refused likewise (see
+    :func:`_model_kwargs`): a setting the model cannot apply is never recorded as if used."""
+    factory = _model_factory(cfg)
+    kwargs, _ = _model_kwargs(cfg, factory, num_classes, in_channels, input_size, data_kind)
     return factory(**kwargs)
+
+
+def unused_model_settings(cfg: TrainConfig, data_kind: Optional[str] = None) -> List[str]:
+    """The settings the model factory of ``cfg`` does not take (they keep their defaults in the
+    config, but the model does not see them); ConfigError as :func:`build_model`."""
+    return _model_kwargs(cfg, _model_factory(cfg), 1, 1, (1, 1), data_kind)[1]
 
 
 def _classifier(model: nn.Module) -> nn.Module:
@@ -118,6 +190,25 @@ def build_pruner(cfg: TrainConfig, model: nn.Module, example: Any, steps_per_epo
                      regrow_decay_updates=_last_update(cfg, steps_per_epoch) if cfg.regrow_decay == "cosine" else None)
 
 
+def _nni_pruning(cfg: TrainConfig, model: nn.Module, example: Any):
+    """The NNI built-in pruning of an ``nni-*`` method on ``model`` (not run yet)."""
+    from .nni import NNIBuiltinPruning
+
+    return NNIBuiltinPruning(model, example, cfg.method[len("nni-"):], cfg.pruning_ratio,
+                             ignored_layers=[_classifier(model)], global_ranking=cfg.effective_global_pruning)
+
+
+def _check_method(cfg: TrainConfig, model: nn.Module, example: Any, steps_per_epoch: int) -> None:
+    """Construct the run's pruner (or NNI pruning) on ``model``, which the caller then discards:
+    the pruner's own checks of its arguments against each other and against the model (regrow vs
+    pruning ratio, per-layer cap, groups, BatchNorms, ...) fail here, before the dense baseline
+    trains or a file is written, by the code that would fail later (no copy of its rules)."""
+    if cfg.method in NNI_METHODS:
+        _nni_pruning(cfg, model, example)
+    else:
+        build_pruner(cfg, model, example, steps_per_epoch)
+
+
 def _last_update(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """0-based index of the last mask update of a dynamic run (where cosine regrowth reaches 0)."""
     epochs = cfg.epochs - cfg.effective_fixed_mask_epochs
@@ -135,12 +226,9 @@ class _NNIOneShot:
         self.record: Optional[dict] = None  # what was done; in checkpoints and metrics
 
     def __call__(self, epoch: int, optimizer, scheduler):
-        from .nni import NNIBuiltinPruning
-
         cfg, model = self.cfg, self.model
         name = cfg.method[len("nni-"):]
-        pruning = NNIBuiltinPruning(model, self.example, name, cfg.pruning_ratio,
-                                    ignored_layers=[_classifier(model)], global_ranking=cfg.effective_global_pruning)
+        pruning = _nni_pruning(cfg, model, self.example)
         evaluator = self._evaluator(optimizer) if name in ("slim", "taylor") else None
         names_before = {id(p): n for n, p in model.named_parameters()}
         pruning.prune(evaluator, cfg.nni_training_steps)
@@ -242,31 +330,81 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 
 # --------------------------------------------------------------------------- the run
-def _check_output_dir(cfg: TrainConfig, out: Path) -> Optional[dict]:
+def _read_checkpoint(out: Path) -> dict:
+    """``out``'s checkpoint for ``--resume``; RunError (with how to recover) when absent or unreadable."""
     ck_path = out / CHECKPOINT
+    previous = _previous_checkpoint_hint(out)
+    if not ck_path.is_file():
+        raise RunError(f"--resume: {ck_path} does not exist; {previous or 'start the run without --resume'}")
+    try:
+        return torch.load(ck_path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RunError(f"--resume: {ck_path} is unreadable or truncated ({type(e).__name__}); "
+                       f"{previous or 'start a new run in another --output-dir'}") from e
+
+
+def _read_metrics(out: Path) -> dict:
+    path = out / METRICS
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path} is unreadable or not JSON ({type(e).__name__}); the run's results are damaged: "
+                       "start a new run in another --output-dir") from e
+    if not isinstance(metrics, dict):
+        raise RunError(f"{path} does not hold a JSON object; start a new run in another --output-dir")
+    return metrics
+
+
+def load_run_config(run_dir: "os.PathLike[str] | str") -> Dict[str, Any]:
+    """The settings a run folder was made with (``TrainConfig.to_dict()`` form): a finished run's
+    ``metrics.json``, else its checkpoint. RunError when the folder holds neither (or they are
+    unreadable); what ``--resume`` starts from."""
+    out = Path(run_dir)
+    if (out / METRICS).is_file():
+        return dict(_read_metrics(out).get("config") or {})
+    return dict(_read_checkpoint(out).get("config") or {})
+
+
+def _settings_diff(saved: Dict[str, Any], cfg: TrainConfig) -> List[str]:
+    """The settings (other than ``RUN_FREE_FIELDS``) in which ``cfg`` differs from the stored ``saved``."""
+    saved = {k: v for k, v in saved.items() if k not in _RESUME_FREE}
+    try:  # settings added since the run was made count with their defaults
+        saved = {k: v for k, v in TrainConfig.from_dict(saved).to_dict().items() if k not in _RESUME_FREE}
+    except ConfigError:
+        pass
+    now = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
+    return sorted(k for k in now if saved.get(k) != now[k])
+
+
+def _check_output_dir(cfg: TrainConfig, out: Path) -> Optional[dict]:
     if cfg.resume:
-        previous = _previous_checkpoint_hint(out)
-        if not ck_path.is_file():
-            raise RunError(f"--resume: {ck_path} does not exist; {previous or 'start the run without --resume'}")
-        try:
-            ck = torch.load(ck_path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise RunError(f"--resume: {ck_path} is unreadable or truncated ({type(e).__name__}); "
-                           f"{previous or 'start a new run in another --output-dir'}") from e
-        saved = {k: v for k, v in ck.get("config", {}).items() if k not in _RESUME_FREE}
-        try:  # settings added since the checkpoint was written count with their defaults
-            saved = {k: v for k, v in TrainConfig.from_dict(saved).to_dict().items() if k not in _RESUME_FREE}
-        except ConfigError:
-            pass
-        now = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
-        diff = sorted(k for k in now if saved.get(k) != now[k])
+        ck = _read_checkpoint(out)
+        diff = _settings_diff(ck.get("config", {}), cfg)
         if diff:
             raise RunError(f"--resume: the checkpoint was made with other settings ({', '.join(diff)}); "
                            "resume with the same settings")
+        missing = [k for k in _CHECKPOINT_KEYS if k not in ck]
+        if missing:
+            previous = _previous_checkpoint_hint(out)
+            raise RunError(f"--resume: {out / CHECKPOINT} is incomplete (no {', '.join(missing)}); "
+                           f"{previous or 'start a new run in another --output-dir'}")
         return ck
-    if (out / METRICS).exists() or ck_path.exists() or (out / PREVIOUS_CHECKPOINT).exists():
+    if (out / METRICS).exists() or (out / CHECKPOINT).exists() or (out / PREVIOUS_CHECKPOINT).exists():
         raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --output-dir")
     return None
+
+
+def _finished_run(cfg: TrainConfig, out: Path, log: Callable[[str], None]) -> Dict[str, Any]:
+    """``--resume`` of a run that already finished: its metrics, nothing trained or written; RunError
+    when ``cfg`` asks for other settings than the run was made with."""
+    metrics = _read_metrics(out)
+    diff = _settings_diff(metrics.get("config") or {}, cfg)
+    if diff:
+        raise RunError(f"--resume: {out} is a finished run made with other settings ({', '.join(diff)}); "
+                       "choose another --output-dir for these settings")
+    log(f"{out} is a finished run ({out / METRICS} written after epoch {len(metrics.get('epochs_log') or [])}): "
+        "nothing to resume, nothing changed")
+    return metrics if rank() == 0 else {}
 
 
 def _previous_checkpoint_hint(out: Path) -> Optional[str]:
@@ -289,9 +427,19 @@ def run_training(cfg: TrainConfig, log: Callable[[str], None] = print,
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on its share of each global batch
     (``batch_size`` is the global batch) through ``DistributedDataParallel``; the pruners sum their
     statistics over the processes, so all get the same masks; only rank 0 writes files and returns
-    the metrics (the others return ``{}``)."""
+    the metrics (the others return ``{}``).
+
+    ``cfg.resume`` continues the run in the output folder from its checkpoint (RunError when the
+    checkpoint was made with other settings than ``cfg``, ``RUN_FREE_FIELDS`` aside); on a run that
+    already finished it returns the stored metrics and trains and writes nothing.
+
+    Every check runs before any work and before a file is written: the settings, the output folder,
+    the data, the model (see :func:`build_model`) and the method's pruner, constructed on a
+    throwaway model, so that a refused setting never costs a dense baseline."""
     start = time.time()
     out = Path(cfg.output_dir or cfg.default_output_dir())
+    if cfg.resume and (out / METRICS).is_file():
+        return _finished_run(cfg, out, log)
     checkpoint = _check_output_dir(cfg, out)
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -341,18 +489,24 @@ def _run(cfg, out, checkpoint, device, start, log, on_epoch_end, backend) -> Dic
     splits = load_dataset(cfg.dataset, data_root=cfg.data_root, time_steps=cfg.time_steps, seed=cfg.seed,
                           train_limit=cfg.train_limit, test_limit=cfg.test_limit)
     _seed_all(cfg.seed)
-    model = build_model(cfg, splits.num_classes, splits.in_channels, splits.input_size).to(device)
+    model = build_model(cfg, splits.num_classes, splits.in_channels, splits.input_size, data_kind=splits.kind).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = torch.utils.data.DataLoader(splits.train, batch_size=cfg.batch_size, shuffle=True, generator=generator)
     test_loader = torch.utils.data.DataLoader(splits.test, batch_size=max(cfg.batch_size, 256))
     example = _time_major(next(iter(torch.utils.data.DataLoader(splits.train, batch_size=2)))[0], splits.kind).to(device)
     before = model_stats(model, example)
+    # every check before any work and any file: the method's own constructor on this model (the
+    # run builds a fresh one below), the TensorBoard import
+    _check_method(cfg, model, example, len(train_loader))
+    del model
+    if cfg.tensorboard:
+        _summary_writer()
 
     out.mkdir(parents=True, exist_ok=True)
     baseline = _dense_baseline(cfg, out, splits, train_loader, test_loader, example, device, log) \
         if cfg.dense_baseline and cfg.method != "dense" else None
     _seed_all(cfg.seed)
-    model = build_model(cfg, splits.num_classes, splits.in_channels, splits.input_size).to(device)
+    model = build_model(cfg, splits.num_classes, splits.in_channels, splits.input_size, data_kind=splits.kind).to(device)
     generator.manual_seed(cfg.seed)
     pruner = build_pruner(cfg, model, example, len(train_loader))
     oneshot = _NNIOneShot(cfg, model, example, train_loader, splits.kind, device) if cfg.method in NNI_METHODS else None
@@ -462,14 +616,15 @@ def _dense_baseline(cfg, out, splits, train_loader, test_loader, example, device
         return json.loads(path.read_text())
     log("dense baseline (same model, data, epochs and optimizer; --no-dense-baseline skips it)")
     _seed_all(cfg.seed)
-    model = build_model(cfg, splits.num_classes, splits.in_channels, splits.input_size).to(device)
+    model = build_model(cfg, splits.num_classes, splits.in_channels, splits.input_size, data_kind=splits.kind).to(device)
     train_loader.generator.manual_seed(cfg.seed)
     optimizer, scheduler = _optimizer(cfg, model)
     _train_loop(cfg, model, None, optimizer, scheduler, train_loader, test_loader, splits.kind, device, 0, [], log,
                 tag="[dense] ")
-    spiking = _spiking_metrics()(model, (_time_major(x.to(device), splits.kind) for x, _ in test_loader), max_batches=4)
+    spiking = _spiking_metrics()(model, (_time_major(x.to(device), splits.kind) for x, _ in test_loader))
     result = {"accuracy": _evaluate(model, test_loader, splits.kind, device), "synops": spiking["synops"],
-              "activation_sparsity": spiking.get("activation_sparsity"), "energy": spiking.get("energy")}
+              "activation_sparsity": spiking.get("activation_sparsity"), "energy": spiking.get("energy"),
+              "neurobench": spiking.get("neurobench"), "metrics_samples": spiking["samples"]}
     if rank() == 0:
         atomic_write_text(json.dumps(result, indent=2), path)
     return result
@@ -483,7 +638,13 @@ def _ddp(model: nn.Module, device, compile: bool = False) -> nn.Module:
     if world_size() > 1:
         ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    return torch.compile(net, dynamic=False) if compile else net
+    if not compile:
+        return net
+    # a fresh compile cache per model: the cache is keyed by the forward's code, so models trained
+    # one after another in a process (a sweep's worker) would use up dynamo's recompile limit and
+    # silently fall back to eager mode
+    torch._dynamo.reset()
+    return torch.compile(net, dynamic=False)
 
 
 def _shard(t: torch.Tensor) -> torch.Tensor:
@@ -523,12 +684,17 @@ def _train_epoch(model, loader, kind, optimizer, pruner, device, cfg, updating, 
     return total / max(n, 1)
 
 
-def _tensorboard(out: Path):
+def _summary_writer():
+    """TensorBoard's SummaryWriter class; ConfigError when tensorboard is not installed."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception as e:
         raise ConfigError(f"--tensorboard needs the tensorboard package ({e}); pip install tensorboard") from e
-    return SummaryWriter(str(out / "tb"))
+    return SummaryWriter
+
+
+def _tensorboard(out: Path):
+    return _summary_writer()(str(out / "tb"))
 
 
 def _finish(cfg, out, model, pruner, splits, example, test_loader, device, before, baseline, epochs_log, start, log,
@@ -548,9 +714,13 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
     accuracy["final"] = _evaluate(model, test_loader, splits.kind, device)
     collapse = collapse_check(epochs_log[-1]["loss"] if epochs_log else None, accuracy["final"], splits.num_classes)
     after = model_stats(model, example)
-    spiking = metrics_fn(model, (_time_major(x.to(device), splits.kind) for x, _ in test_loader), max_batches=4)
+    spiking = metrics_fn(model, (_time_major(x.to(device), splits.kind) for x, _ in test_loader))  # whole test set
+    from .metrics import METRICS_JSON_DEFINITIONS
+
     metrics = {
         "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method, "pruning_ratio": cfg.pruning_ratio,
+        # settings the model factory does not take (at their defaults; others are refused): not applied
+        "model_settings_unused": unused_model_settings(cfg, splits.kind),
         "regrow_ratio": 0.0 if cfg.method == "sca-prune-only" else cfg.effective_regrow_ratio,
         "seed": cfg.seed, "epochs": cfg.epochs, "time_steps": cfg.time_steps,
         "simulated_data": bool(splits.simulated), "data_description": splits.description,
@@ -566,6 +736,9 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
         "activation_sparsity": spiking.get("activation_sparsity"),
         "firing_rates": spiking.get("firing_rates"),
         "energy": spiking.get("energy"),
+        "neurobench": spiking.get("neurobench"),
+        "metrics_samples": spiking["samples"],
+        "definitions": METRICS_JSON_DEFINITIONS,
         "dense_baseline": baseline,
         "spiking_metrics": spiking,
         "channels": {"before": before["channels"], "after": after["channels"]},
@@ -612,11 +785,30 @@ def _spiking_metrics():
 
 
 def load_finalized_model(run_dir: str, device: str = "cpu") -> nn.Module:
-    """The finalized model of a run folder (``model.pt``; unpickles code: trusted folders only)."""
+    """The finalized model of a run folder (``model.pt``; unpickles code: trusted folders only).
+
+    RunError naming the cause: the file is missing; the model's code is not importable here (a
+    ``module:callable`` model whose module is not on the path: which module, and how to make it
+    importable); or the file is damaged."""
     path = Path(run_dir) / MODEL
     if not path.is_file():
         raise RunError(f"{path} does not exist; is {run_dir} a finished `sca-prune train` run?")
     try:
         return torch.load(path, map_location=device, weights_only=False)
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top == "sca_plugin" or not e.name:
+            raise RunError(f"cannot load {path}: it needs module {e.name!r}, which this version of sca_plugin "
+                           "does not have; load it with the version that trained it") from e
+        raise RunError(f"cannot load {path}: the model's code is in module {e.name!r}, which is not importable "
+                       f"here (the file itself is fine); run from the folder that holds {top}.py, or add that "
+                       f"folder to PYTHONPATH") from e
+    except AttributeError as e:
+        if "Can't get attribute" not in str(e):
+            raise RunError(f"cannot load {path} ({type(e).__name__}: {e}); the file is damaged or from another "
+                           "version") from e
+        raise RunError(f"cannot load {path}: {e} (the model's class was renamed or removed since training); "
+                       "restore it, or load the file with the code that trained it") from e
     except Exception as e:
-        raise RunError(f"cannot load {path} ({type(e).__name__}: {e}); the file is damaged or from another version") from e
+        raise RunError(f"cannot load {path} ({type(e).__name__}: {e}); the file is damaged or from another "
+                       "version") from e

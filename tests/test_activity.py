@@ -152,3 +152,108 @@ def test_membrane_l1_refuses_neurons_without_charge_function():
 def test_unknown_definition():
     with pytest.raises(ValueError, match="spike_plus_v"):
         SCAImportance(definition="bogus")
+
+
+# --------------------------------------------------------------------------- neurons without v_seq
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+@pytest.mark.parametrize("definition", ["spike_plus_v", "membrane_l1"])
+@pytest.mark.parametrize("kind", ["if", "lif"])
+def test_simple_neurons_score_like_the_textbook(step_mode, definition, kind):
+    """SimpleIFNode / SimpleLIFNode keep no v_seq; in multi-step mode their potentials are replayed
+    from the charge function, the spikes and the initial potential (regression: AttributeError
+    'SimpleIFNode' object has no attribute 'v_seq' at the first training forward)."""
+    sn = (neuron.SimpleIFNode(step_mode=step_mode, surrogate_function=surrogate.Sigmoid()) if kind == "if" else
+          neuron.SimpleLIFNode(2.0, True, step_mode=step_mode, surrogate_function=surrogate.Sigmoid()))
+    rec = MembraneActivityRecorder(definition).attach(nn.Sequential(sn))
+    sn.train()
+    for scale in (1.0, 0.5):  # two forwards (reset in between): statistics accumulate
+        if step_mode == "m":
+            sn(X_SEQ * scale)
+        else:
+            for x in X_SEQ * scale:
+                sn(x)
+        sn.reset()
+    per = []
+    for scale in (1.0, 0.5):
+        h, s, v = (hand_if if kind == "if" else hand_lif)(X_SEQ * scale)
+        per.append((s + v.abs() if definition == "spike_plus_v" else h.abs()).transpose(0, 2).reshape(2, -1))
+    torch.testing.assert_close(rec.score(sn), torch.cat(per, 1).mean(1), rtol=1e-6, atol=1e-6)
+
+
+def test_replay_starts_from_the_potential_left_by_the_previous_forward():
+    """Without reset_net between forwards the neuron carries its potential on; the replay must too."""
+    sn = neuron.SimpleIFNode(step_mode="m")
+    ref = neuron.IFNode(step_mode="m")
+    recs = [MembraneActivityRecorder().attach(nn.Sequential(m)) for m in (sn, ref)]
+    for m in (sn, ref):
+        m.train()
+        m(X_SEQ)
+        m(X_SEQ * 0.5)  # no reset: starts from the last potential of the first forward
+    torch.testing.assert_close(recs[0].score(sn), recs[1].score(ref))
+
+
+@pytest.mark.parametrize("cls", [neuron.LIFNode, neuron.ComplementaryLIFNode])
+def test_no_state_sequence_outlives_the_forward(cls):
+    sn = cls(step_mode="m")
+    rec = MembraneActivityRecorder().attach(nn.Sequential(sn))
+    sn.train()
+    sn(X_SEQ)
+    assert rec.score(sn) is not None
+    if cls is neuron.ComplementaryLIFNode:  # its potentials come from store_state_seqs
+        assert sn.store_state_seqs is False and sn.state_seqs is None
+    else:
+        assert sn.store_v_seq is False and sn.v_seq is None
+
+
+class ChargeOverridingIF(neuron.SimpleIFNode):
+    """Different dynamics under a class whose charge function is registered (SimpleIFNode's)."""
+
+    def neuronal_charge(self, x):
+        self.v = 0.5 * self.v + 2.0 * x
+
+
+def test_subclass_with_other_dynamics_is_not_replayed_with_the_parents_charge():
+    with pytest.raises(ValueError, match="ChargeOverridingIF.*keeps only the last step's membrane potential"):
+        MembraneActivityRecorder().attach(nn.Sequential(ChargeOverridingIF(step_mode="m")))
+    # single-step mode reads its own v after every step: fine
+    sn = ChargeOverridingIF(step_mode="s")
+    rec = MembraneActivityRecorder().attach(nn.Sequential(sn))
+    sn.train()
+    sn(X_SEQ[0])
+    assert rec.score(sn) is not None
+    # switched to multi-step after attaching: a clear error instead of a wrongly shaped score
+    sn.reset()
+    sn.step_mode = "m"
+    with pytest.raises(RuntimeError, match="ChargeOverridingIF now runs in multi-step mode"):
+        sn(X_SEQ)
+
+
+def test_refusals_name_the_class_the_reason_and_the_alternative():
+    with pytest.raises(ValueError) as info:
+        MembraneActivityRecorder().attach(nn.Sequential(neuron.PSN(T=3), neuron.GatedLIFNode(T=3), neuron.IFNode()))
+    msg = str(info.value)
+    assert "PSN: it is a parallel spiking neuron" in msg and "GatedLIFNode: in multi-step mode" in msg
+    assert "classes ['GatedLIFNode', 'PSN']:" in msg  # the supported IFNode is not listed
+    assert msg.count("use ") >= 2
+
+
+def test_registering_the_charge_equation_makes_a_simple_neuron_replayable():
+    from sca_plugin import register_charge_function
+    from sca_plugin import neurons as sca_neurons
+
+    register_charge_function(ChargeOverridingIF, lambda m, x, v: 0.5 * v + 2.0 * x)
+    try:
+        scores = []
+        for mode in ("m", "s"):
+            sn = ChargeOverridingIF(step_mode=mode)
+            rec = MembraneActivityRecorder().attach(nn.Sequential(sn))
+            sn.train()
+            if mode == "m":
+                sn(X_SEQ)
+            else:
+                for x in X_SEQ:
+                    sn(x)
+            scores.append(rec.score(sn))
+        torch.testing.assert_close(scores[0], scores[1])  # the replay equals the neuron's own steps
+    finally:
+        del sca_neurons._CHARGE_FUNCTIONS[ChargeOverridingIF]

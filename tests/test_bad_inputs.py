@@ -79,7 +79,7 @@ class NoBatchNormSNN(nn.Module):
         return self.classifier(self.sn(self.conv(x)).flatten(1))
 
 
-class OddNode(neuron.BaseNode):
+class OddNode(neuron.SimpleBaseNode):
     """A user's neuron with its own charge rule and no registered charge function."""
 
     def neuronal_charge(self, x):
@@ -172,6 +172,47 @@ def _truncated_checkpoint(tmp_path):
     return out
 
 
+def fixed_snn(num_classes):
+    """A user's model factory without width, neuron, step_mode or T parameters."""
+    return digits_cnn(num_classes=num_classes, T=2)
+
+
+def _bad_config_file(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("epochs: two\n")
+    return f
+
+
+def _finished(tmp_path):
+    out = tmp_path / "run"
+    assert cli(["train", *TINY, "--output-dir", str(out)]) == 0
+    return out
+
+
+def _run_of_a_missing_module(tmp_path):
+    """A finished run whose model's class lives in a module that is gone (not importable here)."""
+    import importlib
+
+    from sca_plugin.config import TrainConfig
+
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "gone_models.py").write_text("import torch.nn as nn\n\nclass Net(nn.Module):\n    pass\n")
+    sys.path.insert(0, str(folder))
+    try:
+        net = importlib.import_module("gone_models").Net()
+        out = tmp_path / "run"
+        out.mkdir()
+        torch.save(net, out / "model.pt")
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("gone_models", None)
+    cfg = TrainConfig(model="gone_models:build", train_limit=64, test_limit=32, output_dir=str(out))
+    (out / "metrics.json").write_text(__import__("json").dumps({"config": cfg.to_dict()}))
+    (folder / "gone_models.py").unlink()
+    return out
+
+
 CASES: List[Case] = [
     Case("example-inputs-shape", "example inputs with the wrong number of channels",
          "SCAPruner(model, torch.rand(4, 3, 8, 8))  # model takes 1 channel", _api(
@@ -254,6 +295,25 @@ CASES: List[Case] = [
          _cli(lambda t: (cli(["train", *TINY, "--output-dir", str(t / "run")]), ["train", *TINY, "--output-dir",
                                                                                   str(t / "run")])[1],
               lambda t: [t / "run" / "metrics.json", t / "run" / "model.pt"]), SystemExit),
+    Case("cli-pruner-settings-first", "pruner settings that contradict each other (checked before the dense "
+         "baseline trains)", "sca-prune train --pruning-ratio 0.5 --regrow-ratio 0.6",
+         _cli(lambda t: ["train", "--pruning-ratio", "0.5", "--regrow-ratio", "0.6", "--output-dir", str(t / "run")],
+              lambda t: [t / "run" / "dense_baseline.json", t / "run" / "metrics.json"]), SystemExit),
+    Case("cli-config-type", "a value of the wrong type in a config file", "sca-prune train --config run.yaml  "
+         "# epochs: two", _cli(lambda t: ["train", "--config", str(_bad_config_file(t)), "--output-dir", str(t / "x")]),
+         SystemExit),
+    Case("cli-resume-other-flags", "resuming with a setting other than the run's",
+         "sca-prune train --resume --output-dir RUN --epochs 3  # RUN was trained for 2",
+         _cli(lambda t: ["train", "--resume", "--output-dir", str(_finished(t)), "--epochs", "3"],
+              lambda t: [t / "run" / "metrics.json", t / "run" / "model.pt", t / "run" / "checkpoint.pt"]),
+         SystemExit),
+    Case("cli-model-flag-unused", "a flag the user's model factory does not take (it would be recorded, not used)",
+         "sca-prune train --model test_bad_inputs:fixed_snn --neuron plif  # fixed_snn(num_classes)",
+         _cli(lambda t: ["train", "--model", "test_bad_inputs:fixed_snn", "--neuron", "plif", "--output-dir",
+                         str(t / "run")], lambda t: [t / "run" / "metrics.json"]), SystemExit),
+    Case("cli-eval-module-missing", "evaluating a run whose model module is not importable here",
+         "sca-prune eval RUN  # RUN's model class is in gone_models.py, which is not here",
+         _cli(lambda t: ["eval", str(_run_of_a_missing_module(t))], lambda t: [t / "run" / "model.pt"]), SystemExit),
 ]
 
 

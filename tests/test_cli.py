@@ -132,8 +132,11 @@ def test_corrupted_or_mismatched_checkpoint(tmp_path, capsys):
     assert (out / "checkpoint.pt").read_bytes() == b"not a checkpoint"
     torch.save({"config": tiny_config(out, pruning_ratio=0.3).to_dict()}, out / "checkpoint.pt")
     saved = (out / "checkpoint.pt").read_bytes()
-    assert main(["train", *TINY, "--output-dir", str(out), "--resume"]) == 2
-    assert "other settings (pruning_ratio)" in capsys.readouterr().err
+    assert main(["train", *TINY, "--pruning-ratio", "0.5", "--output-dir", str(out), "--resume"]) == 2
+    assert "other settings: --pruning-ratio 0.5 (the run has 0.3)" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == saved
+    assert main(["train", *TINY, "--output-dir", str(out), "--resume"]) == 2  # settings agree; no weights in it
+    assert "checkpoint.pt is incomplete (no epoch, model" in capsys.readouterr().err
     assert (out / "checkpoint.pt").read_bytes() == saved
 
 
@@ -222,10 +225,12 @@ def test_user_model_from_module_callable_and_tensorboard(tmp_path, monkeypatch):
 
     monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
     out = tmp_path / "own"
-    assert main(["train", *TINY, "--model", "own_network:MySNN", "--no-dense-baseline", "--tensorboard",
+    tiny = [a for a in TINY if a not in ("--width", "0.25", "--time-steps", "2")]  # MySNN() takes no arguments
+    assert main(["train", *tiny, "--model", "own_network:MySNN", "--no-dense-baseline", "--tensorboard",
                  "--output-dir", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "own_network:MySNN" and metrics["parameters"]["after"] < metrics["parameters"]["before"]
+    assert metrics["model_settings_unused"] == ["time_steps", "width", "neuron", "step_mode"]
     assert any((out / "tb").iterdir())
 
 
@@ -251,3 +256,161 @@ def test_sca_normalizer_reaches_the_importance(tmp_path):
         TrainConfig(method="l1", sca_normalizer="mean")
     with pytest.raises(ConfigError, match="sca_normalizer must be"):
         TrainConfig(method="sca", sca_normalizer="median")
+
+
+# --------------------------------------------------------------------------- issue 12, CLI items 9-13
+FAST = ["--epochs", "2", "--width", "0.25", "--time-steps", "2", "--no-progress", "--train-limit", "64",
+        "--test-limit", "32", "--no-dense-baseline"]
+MY_MODELS = """
+import torch.nn as nn
+from spikingjelly.activation_based import functional, layer, neuron
+
+
+class CSNN(nn.Module):
+    def __init__(self, num_classes, T):
+        super().__init__()
+        self.T = T
+        self.features = nn.Sequential(layer.Conv2d(1, 8, 3, padding=1, bias=False), layer.BatchNorm2d(8),
+                                      neuron.IFNode(), layer.Conv2d(8, 8, 3, padding=1, bias=False),
+                                      layer.BatchNorm2d(8), neuron.IFNode())
+        self.classifier = layer.Linear(8 * 8 * 8, num_classes)
+        functional.set_step_mode(self, "m")
+
+    def forward(self, x):
+        x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+        return self.classifier(self.features(x).flatten(2)).mean(0)
+
+
+def csnn(num_classes, T):  # no width, neuron or step_mode
+    return CSNN(num_classes, T)
+"""
+
+
+def _files(run):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.iterdir()) if p.is_file()}
+
+
+def test_bad_pruner_settings_are_refused_before_the_dense_baseline(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", *FAST[:-1], "--regrow-ratio", "0.6", "--pruning-ratio", "0.5", "--output-dir", str(out)]
+    assert main(args) == 2  # with the dense baseline (the default)
+    err = capsys.readouterr()
+    assert "regrow_ratio (0.6) is larger than pruning_ratio (0.5)" in err.err
+    assert "dense baseline" not in err.out and not out.exists()  # nothing trained, nothing written
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(finished_run, capsys):
+    before = _files(finished_run)
+    for args in (["train", *TINY, "--output-dir", str(finished_run), "--resume"],  # the flags again
+                 ["train", "--output-dir", str(finished_run), "--resume"]):        # or none: the stored ones
+        assert main(args) == 0, capsys.readouterr().err
+        assert "is a finished run" in capsys.readouterr().out
+        assert _files(finished_run) == before
+    assert main(["train", "--output-dir", str(finished_run), "--resume", "--epochs", "5", "--lr", "0.5",
+                 "--no-global-pruning"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "--epochs 5 (the run has 3); --lr 0.5 (the run has 0.1); --no-global-pruning (the run has True, " \
+           "the default)" in err
+    assert _files(finished_run) == before
+
+
+def test_resume_without_flags_continues_with_the_stored_settings(tmp_path):
+    class Crash(Exception):
+        pass
+
+    def crash(epoch):
+        raise Crash
+
+    cfg = TrainConfig(epochs=2, width=0.25, time_steps=2, progress=False, train_limit=64, test_limit=32, lr=0.05,
+                      dense_baseline=False, pruning_ratio=0.3, output_dir=str(tmp_path / "run"))
+    with pytest.raises(Crash):
+        run_training(cfg, log=lambda *_: None, on_epoch_end=crash)
+    assert main(["train", "--output-dir", str(tmp_path / "run"), "--resume", "--progress"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    stored = {k: v for k, v in metrics["config"].items() if k not in ("resume", "progress")}
+    assert stored == {k: v for k, v in cfg.to_dict().items() if k not in ("resume", "progress")}
+    assert metrics["config"]["resume"] and metrics["config"]["progress"]  # run-free settings may change
+
+
+def test_wrong_type_in_a_config_file_names_the_key(tmp_path, capsys):
+    f = tmp_path / "run.yaml"
+    f.write_text("epochs: two\n")
+    assert main(["train", "--config", str(f), "--output-dir", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"sca-prune: error: config file {f}: setting 'epochs' must be an integer, got 'two' (str)"
+    from sca_plugin.cli import _train_config, build_parser
+    from sca_plugin.config import ConfigError
+
+    f.write_text("lr: 1e-3\n")  # YAML 1.1 reads this as a string; it is the number the user wrote
+    assert _train_config(build_parser().parse_args(["train", "--config", str(f)])).lr == 0.001
+    with pytest.raises(ConfigError, match="setting 'dense_baseline' must be true or false, got 1"):
+        TrainConfig(dense_baseline=1)
+
+
+def test_console_script_imports_a_model_module_from_the_current_folder(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("sca-prune")
+    if not script.is_file():
+        script = shutil.which("sca-prune")
+        if script is None:
+            pytest.skip("the sca-prune console script is not installed")
+    (tmp_path / "my_models.py").write_text("def csnn(num_classes):\n    raise ValueError('my_models.csnn called')\n")
+    res = subprocess.run([str(script), "train", "--model", "my_models:csnn", "--no-dense-baseline",
+                          "--output-dir", str(tmp_path / "run")], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == "sca-prune: error: my_models.csnn called"
+
+
+@pytest.fixture
+def own_module(tmp_path, monkeypatch):
+    """A folder with my_models.py, the current folder; sys.path and sys.modules restored afterwards."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "my_models.py").write_text(MY_MODELS)
+    monkeypatch.setattr(sys, "path", [str(folder), *sys.path])
+    monkeypatch.delitem(sys.modules, "my_models", raising=False)
+    monkeypatch.chdir(folder)
+    yield folder
+    sys.modules.pop("my_models", None)
+
+
+def test_model_flags_a_factory_does_not_take_are_refused_and_eval_names_a_missing_module(own_module, tmp_path,
+                                                                                        monkeypatch, capsys):
+    out = tmp_path / "run"
+    fast = [a for a in FAST if a not in ("--width", "0.25")]
+    assert main(["train", *fast, "--model", "my_models:csnn", "--step-mode", "s", "--neuron", "plif",
+                 "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "model 'my_models:csnn' does not take neuron, step_mode, so --neuron plif, --step-mode s would be " \
+           "recorded but not used" in err and not out.exists()
+    assert main(["train", *fast, "--model", "my_models:csnn", "--output-dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model_settings_unused"] == ["width", "neuron", "step_mode"]  # at their defaults, not applied
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)  # elsewhere: my_models is not importable
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(own_module))])
+    monkeypatch.delitem(sys.modules, "my_models")
+    assert main(["eval", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the model's code is in module 'my_models', which is not importable here (the file itself is fine)" in err
+    assert "PYTHONPATH" in err and "damaged" not in err
+
+
+def test_report_separates_runs_whose_settings_differ_and_accepts_a_parent_folder(finished_run, tmp_path):
+    template = json.loads((finished_run / "metrics.json").read_text())
+    parent = tmp_path / "sweep"
+    for name, seed, global_pruning, acc in (("g0", 0, None, 0.9), ("g1", 1, None, 0.8), ("l0", 0, False, 0.3)):
+        run = json.loads(json.dumps(template))
+        run["config"].update(seed=seed, global_pruning=global_pruning, output_dir=f"runs/{name}", device="cuda")
+        run["seed"], run["accuracy"]["final"] = seed, acc
+        (parent / name).mkdir(parents=True)
+        (parent / name / "metrics.json").write_text(json.dumps(run))
+    for given in ([str(parent / name) for name in ("g0", "g1", "l0")], [str(parent)]):  # runs, or their folder
+        assert main(["report", *given, "--out", str(tmp_path / "rep")]) == 0
+        rows = [line for line in (tmp_path / "rep" / "report.md").read_text().splitlines() if line.startswith("| sca")]
+        assert len(rows) == 2
+        assert rows[0].startswith("| sca (global_pruning=False) | 0.5 | 0 | 30.00 |")
+        assert rows[1].startswith("| sca (global_pruning=True) | 0.5 | 0, 1 | 85.00 ± 7.07 |")  # seeds averaged

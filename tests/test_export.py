@@ -241,6 +241,128 @@ class _AdaptiveNet(nn.Module):
         return self.body(x)
 
 
+def _sequential(kind):
+    """The plain ``nn.Sequential`` SpikingJelly models users write (2 input channels, 8x8 frames)."""
+    if kind == "layers-m":
+        net = nn.Sequential(layer.Conv2d(2, 4, 3, padding=1), layer.BatchNorm2d(4), sj_neuron.IFNode(),
+                            layer.AvgPool2d(2), layer.Flatten(), layer.Linear(64, 5), sj_neuron.LIFNode())
+        functional.set_step_mode(net, "m")
+    elif kind == "seq2ann":  # torch.nn layers wrapped together, a torch.nn Flatten from dim 2, a bare nn.Linear
+        net = nn.Sequential(layer.SeqToANNContainer(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4)),
+                            sj_neuron.IFNode(step_mode="m"), layer.SeqToANNContainer(nn.AvgPool2d(2)), nn.Flatten(2),
+                            nn.Linear(64, 5), sj_neuron.LIFNode(step_mode="m"))
+    elif kind == "seq2ann-each":  # every torch.nn layer wrapped on its own
+        net = nn.Sequential(layer.SeqToANNContainer(nn.Conv2d(2, 4, 3, padding=1)),
+                            layer.SeqToANNContainer(nn.BatchNorm2d(4)), sj_neuron.IFNode(step_mode="m"),
+                            layer.SeqToANNContainer(nn.AvgPool2d(2)), layer.SeqToANNContainer(nn.Flatten()),
+                            layer.SeqToANNContainer(nn.Dropout(0.2), nn.Linear(64, 5)), sj_neuron.LIFNode(step_mode="m"))
+    elif kind == "layers-s":
+        net = nn.Sequential(layer.Conv2d(2, 4, 3, padding=1), layer.BatchNorm2d(4), sj_neuron.IFNode(),
+                            layer.AvgPool2d(2), layer.Flatten(), layer.Linear(64, 5), sj_neuron.LIFNode())
+    else:  # "torch-s": torch.nn layers with single-step neurons
+        net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), sj_neuron.IFNode(), nn.AvgPool2d(2),
+                            nn.Flatten(), nn.Linear(64, 5), sj_neuron.LIFNode())
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(12.0)  # so that the LIF read-out fires
+    return net
+
+
+def _run_sequence(net, x_seq, multi_step):
+    """Eval-mode output sequence [T, B, ...] from a fresh state (a single-step model step by step)."""
+    net.eval()
+    functional.reset_net(net)
+    with torch.no_grad():
+        out = net(x_seq) if multi_step else torch.stack([net(x) for x in x_seq])
+    functional.reset_net(net)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["layers-m", "seq2ann", "seq2ann-each", "layers-s", "torch-s"])
+def test_nir_round_trip_of_plain_sequentials(kind, tmp_path):
+    """Regression (issue 12.16): SeqToANNContainer-wrapped torch.nn layers had "no mapping"; every
+    plain nn.Sequential of SpikingJelly / torch.nn layers now exports, and the imported multi-step
+    network reproduces the model's output sequence (a single-step model run step by step)."""
+    nir = pytest.importorskip("nir")
+    pytest.importorskip("nirtorch")
+    torch.manual_seed(0)
+    net = _sequential(kind)
+    multi_step = kind.endswith("-m") or kind.startswith("seq2ann")
+    x_seq = batch((3, 4, 2, 8, 8), seed=2)
+    excite(net, x_seq if multi_step else x_seq[0])
+    ref = _run_sequence(net, x_seq, multi_step)
+    assert ref.abs().sum() > 0 and not torch.equal(ref[:, 0], ref[:, 1])  # spikes, and they depend on the input
+    snap = snapshot(net)
+    graph = export_nir(net, x_seq if multi_step else x_seq[0], tmp_path / "seq.nir")
+    assert_unchanged(net, snap)
+    kinds = [type(n).__name__ for n in graph.nodes.values()]
+    assert kinds.count("Conv2d") == 1 and kinds.count("IF") == 1 and kinds.count("LIF") == 1
+    assert "BatchNorm" not in kinds  # folded into the convolution
+    imported = import_nir(tmp_path / "seq.nir")
+    assert imported.readout == "sequence" and imported.time_steps is None
+    assert imported.metadata["source_step_mode"] == ("m" if multi_step else "s")
+    with torch.no_grad():
+        torch.testing.assert_close(imported(x_seq), ref, atol=ATOL, rtol=0)
+
+
+class _FunctionalMaxPool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.sn = layer.Conv2d(2, 4, 3, padding=1, step_mode="m"), sj_neuron.IFNode(step_mode="m")
+        self.flat, self.fc = layer.Flatten(step_mode="m"), layer.Linear(64, 3, step_mode="m")
+
+    def forward(self, x):
+        x = self.sn(self.conv(x))
+        x = nn.functional.max_pool2d(x.flatten(0, 1), 2).unflatten(0, x.shape[:2])
+        return self.fc(self.flat(x))
+
+
+def test_nir_max_pooling_gets_one_clear_message(tmp_path):
+    """Regression (issue 12.16): a functional max pooling gave the same "supports only layers" line
+    once per operation, and a wrapped nn.MaxPool2d "no mapping for SeqToANNContainer"."""
+    pytest.importorskip("nir")
+    pytest.importorskip("nirtorch")
+    x = batch((2, 1, 2, 8, 8))
+    wrapped = nn.Sequential(layer.Conv2d(2, 4, 3, padding=1, step_mode="m"), sj_neuron.IFNode(step_mode="m"),
+                            layer.SeqToANNContainer(nn.MaxPool2d(2)), layer.Flatten(step_mode="m"),
+                            layer.Linear(64, 3, step_mode="m"))
+    three = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), sj_neuron.IFNode(), nn.MaxPool2d(2), nn.MaxPool2d(1),
+                          nn.MaxPool2d(1), nn.Flatten(), nn.Linear(64, 3))
+    for model, inp, where in ((wrapped, x, ["MaxPool2d 2.0"]), (_FunctionalMaxPool(), x, ["max_pool2d"]),
+                              (three, x[0], ["MaxPool2d 2", "MaxPool2d 3", "MaxPool2d 4"])):
+        with pytest.raises(ValueError) as info:
+            export_nir(model, inp, tmp_path / "mp.nir")
+        msg = str(info.value)
+        assert msg.count("NIR has no max pooling") == 1 and "layer.AvgPool2d" in msg, msg
+        assert all(w in msg for w in where), msg
+        assert msg.count("supports only layers") <= 1 and "\n" not in msg, msg
+        assert "SeqToANNContainer" not in msg
+    assert not (tmp_path / "mp.nir").exists()
+
+
+def test_nir_names_what_it_cannot_map_once(tmp_path):
+    pytest.importorskip("nir")
+    pytest.importorskip("nirtorch")
+    x = batch((2, 1, 2, 8, 8))
+    net = nn.Sequential(layer.SeqToANNContainer(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU()),
+                        sj_neuron.SimpleIFNode(step_mode="m"), layer.SeqToANNContainer(nn.Conv2d(4, 4, 1), nn.ReLU()),
+                        sj_neuron.QIFNode(step_mode="m"), layer.Flatten(step_mode="m"), layer.Linear(256, 3, step_mode="m"))
+    with pytest.raises(ValueError) as info:
+        export_nir(net, x, tmp_path / "u.nir")
+    msg = str(info.value)
+    assert msg.count("maps only") == 1 and "IFNode, LIFNode, ParametricLIFNode and CUBALIFNode" in msg
+    assert "ReLU 0.1 (in a SeqToANNContainer)" in msg and "ReLU 2.1 (in a SeqToANNContainer)" in msg
+    assert "SimpleIFNode 1" in msg and "QIFNode 3" in msg
+    flat = nn.Sequential(layer.Conv2d(2, 4, 3, padding=1, step_mode="m"), sj_neuron.IFNode(step_mode="m"),
+                         nn.Flatten(1), nn.Linear(512, 3))  # flattens T*B... into one row: no per-step layer
+    with pytest.raises(ValueError, match=r"nn.Flatten in a multi-step model.*nn.Flatten\(2\).*Flatten 2 \(start_dim=1\)"):
+        export_nir(flat, x, tmp_path / "f.nir")
+    mixed = nn.Sequential(layer.Conv2d(2, 4, 3, padding=1, step_mode="m"), sj_neuron.IFNode(step_mode="s"))
+    with pytest.raises(ValueError, match="mixes single-step and multi-step"):
+        export_nir(mixed, x, tmp_path / "m.nir")
+
+
 def test_nir_missing_packages_give_an_install_hint(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "nir", None)
     with pytest.raises(ImportError, match="pip install nir nirtorch"):

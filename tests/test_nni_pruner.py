@@ -9,12 +9,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from nni.compression import TorchEvaluator
 from nni.compression.pruning import AGPPruner, LinearPruner
-from spikingjelly.activation_based import functional
+from spikingjelly.activation_based import functional, neuron
+from spikingjelly.activation_based.model import parametric_lif_net
 
+from conftest import masked_copy, outputs64
 from sca_plugin import SCAPruner as CoreSCAPruner
 from sca_plugin.graph import SpikingMetaPruner
 from sca_plugin.importance import SCAImportance
+from sca_plugin.masking import output_channel_dim
 from sca_plugin.models import digits_cnn, resnet18
+from sca_plugin.nni import ModelSpeedup
 from sca_plugin.nni.pruner import SCAPruner
 
 CONFIG = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "global_group_id": 0}]
@@ -32,10 +36,10 @@ def build(arch):
     return resnet18(width=0.125, T=2), 3
 
 
-def evaluator(model, x, y):
+def evaluator(model, x, y, dummy_input=None, readout=lambda out: out):
     def training_step(b, model):
         xb, yb = b
-        return F.cross_entropy(model(xb), yb)
+        return F.cross_entropy(readout(model(xb)), yb)
 
     def training_func(model, optimizers, training_step, lr_schedulers=None, max_steps=None, max_epochs=None):
         model.train()
@@ -47,7 +51,7 @@ def evaluator(model, x, y):
             functional.reset_net(model)
 
     optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.05, momentum=0.9)
-    return TorchEvaluator(training_func, optimizer, training_step)
+    return TorchEvaluator(training_func, optimizer, training_step, dummy_input=dummy_input)
 
 
 def channel_keep(mask):
@@ -83,8 +87,9 @@ BAD_CONFIGS = [
     ([{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "sparse_threshold": 0.1}], {}, "does not support the keys"),
     ([{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "global_group_id": 0},
       {"op_types": ["Linear"], "sparse_ratio": 0.3, "global_group_id": 0}], {}, "different sparse_ratio"),
-    ([{"op_types": ["Linear"], "sparse_ratio": 0.5}], {}, "reach no spiking neuron|cannot be pruned"),
-    (CONFIG, {"example_inputs": None}, "needs example_inputs"),
+    ([{"op_types": ["Linear"], "sparse_ratio": 0.5}], {}, "selects no layer that SCA can prune: classifier: its "
+                                                          "channels are the model's output"),
+    (CONFIG, {"example_inputs": None}, r"needs example inputs.*dummy_input=x\).* or pass example_inputs=x"),
     (CONFIG, {"regrow_ratio": 1.5}, r"regrow_ratio must be in \[0, 1\)"),
     (CONFIG, {"interval_steps": 0}, "interval_steps must be a positive integer"),
 ]
@@ -323,3 +328,170 @@ def test_our_masks_through_model_speedup_equal_the_masked_model(arch):
         speedup.speedup_model()
     assert sum(p.numel() for p in model.parameters()) < params
     assert not any(speedup.kept_candidates.values())
+
+
+# ---------------------------------------------------------------------- NNI users' conventions (issue 12)
+def masked_reference(model, masks):
+    """What NNI computes with ``masks``, built independently of ModelSpeedup: a copy of ``model``
+    with the parameter masks multiplied in and every ``_output_0`` mask multiplied into the layer's
+    output (a forward hook; per channel ``[C]`` or in the output's shape)."""
+    ref = masked_copy(model, {n: {t: m for t, m in ts.items() if not t.startswith("_")} for n, ts in masks.items()})
+    for name, targets in masks.items():
+        mask = targets.get("_output_0")
+        if mask is None:
+            continue
+        module = ref.get_submodule(name)
+
+        def hook(mod, args, out, mask=mask.detach().clone(), dim=output_channel_dim(module)):
+            if mask.dim() == 1:
+                shape = [1] * out.dim()
+                shape[dim] = -1
+                return out * mask.to(out.dtype).view(shape)
+            return out * mask.to(out.dtype)
+        module.register_forward_hook(hook)
+    return ref
+
+
+def test_example_inputs_default_to_the_evaluators_dummy_input():
+    """As NNI users write it: the graph is traced with TorchEvaluator(..., dummy_input=x), and the
+    pruner is the one that example_inputs=x builds (same groups, same masks after training)."""
+    base, c = build("digits")
+    x, y = batch(c)
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    from_evaluator = SCAPruner(a, CONFIG, evaluator(a, x, y, dummy_input=x[:2]), regrow_ratio=0.1, interval_steps=2)
+    explicit = SCAPruner(b, CONFIG, evaluator(b, x, y), regrow_ratio=0.1, interval_steps=2, example_inputs=x[:2])
+    assert from_evaluator.coupled_modules() == explicit.coupled_modules()
+    _, masks_a = from_evaluator.compress(max_steps=4)
+    _, masks_b = explicit.compress(max_steps=4)
+    assert from_evaluator.num_updates == 2
+    assert masks_a.keys() == masks_b.keys()
+    for name, targets in masks_a.items():
+        assert targets.keys() == masks_b[name].keys()
+        for t, m in targets.items():
+            assert (m is None and masks_b[name][t] is None) or torch.equal(m, masks_b[name][t]), f"{name}.{t}"
+    from_evaluator.unwrap_model()
+    explicit.unwrap_model()
+
+
+def test_without_example_inputs_or_dummy_input_the_error_names_both_fixes():
+    model, c = build("digits")
+    x, y = batch(c)
+    ev = evaluator(model, x, y)  # no dummy_input
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=r"give the evaluator a dummy_input \(TorchEvaluator\(training_func, "
+                                         r"optimizer, training_step, dummy_input=x\)\) or pass example_inputs=x"):
+        SCAPruner(model, CONFIG, ev, regrow_ratio=0.1, interval_steps=2)
+    assert_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("scheduler", [AGPPruner, LinearPruner])
+def test_scheduled_pruner_masks_go_through_model_speedup(scheduler):
+    """AGP/Linear return every target space's mask, SCA's training-time ``_output_0`` masks
+    included; ModelSpeedup applies them and the removed model equals the masked one."""
+    model, c = build("digits")
+    x, y = batch(c)
+    pruner = SCAPruner(model, CONFIG, evaluator(model, x, y), regrow_ratio=0.1, example_inputs=x[:2])
+    scheduled = scheduler(pruner, interval_steps=2, total_times=2)
+    _, masks = scheduled.compress(max_steps=4, max_epochs=None)
+    scheduled.unwrap_model()
+    assert any("_output_0" in targets for targets in masks.values())  # what made ModelSpeedup refuse them
+    reference = masked_reference(model, masks)
+    inputs = [x, batch(c, seed=5)[0]]
+    expected = [outputs64(reference, xb) for xb in inputs]
+    before = sum(p.numel() for p in model.parameters())
+    speedup = ModelSpeedup(model, x[:2], masks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # BN weight AND bias are masked: no channel may be kept back
+        speedup.speedup_model()
+    for xb, e in zip(inputs, expected):
+        torch.testing.assert_close(outputs64(model, xb), e, atol=1e-6, rtol=0)
+    assert sum(p.numel() for p in model.parameters()) < before
+    assert not any(speedup.kept_candidates.values())
+    for rep, (_, kept) in pruner.channel_counts().items():  # exactly the masked channels are gone
+        assert model.get_submodule(rep).out_channels == kept
+
+
+# NNI's quick-start config on SpikingJelly's MNISTNet: convs with BatchNorm, a hidden Linear with
+# none (conv_fc.10), and the Linear before the voting layer (conv_fc.13, the output)
+QUICK_START = [{"op_types": ["Linear", "Conv2d"], "exclude_op_names": ["conv_fc.13"], "sparse_ratio": 0.5}]
+
+
+def mnist_net():
+    torch.manual_seed(0)
+    net = parametric_lif_net.MNISTNet(channels=4, spiking_neuron=neuron.IFNode)
+    functional.set_step_mode(net, "m")
+    return net
+
+
+def mnist_batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(2, 4, 1, 28, 28, generator=g), torch.randint(0, 10, (4,), generator=g)
+
+
+def mnist_evaluator(model, x, y):
+    return evaluator(model, x, y, dummy_input=x, readout=lambda out: out.mean(0))
+
+
+def _ours(record):
+    return [str(w.message) for w in record if "SCAPruner leaves" in str(w.message)]
+
+
+def test_nni_quick_start_config_prunes_what_sca_can_and_says_what_it_leaves():
+    model = mnist_net()
+    x, y = mnist_batch()
+    with pytest.warns(UserWarning, match=r"SCAPruner leaves .*conv_fc\.10 \(its channels have no BatchNorm.*"
+                                         r"config_list\[0\]\['exclude_op_names'\] = \['conv_fc\.13', 'conv_fc\.10'\]"):
+        pruner = SCAPruner(model, QUICK_START, mnist_evaluator(model, x, y), regrow_ratio=0.1, interval_steps=2,
+                           example_inputs=x)
+    assert list(pruner.excluded) == ["conv_fc.10"] and "regrow_ratio=0.1" in pruner.excluded["conv_fc.10"]
+    assert not hasattr(model.conv_fc[10], "_nni_wrapper")  # left dense: NNI does not even wrap it
+    _, masks = pruner.compress(max_steps=4)
+    assert "conv_fc.10" not in masks and "conv_fc.13" not in masks
+    assert pruner.channel_counts() == {"conv_fc.0": (4, 2), "conv_fc.4": (4, 2)}
+    pruner.unwrap_model()
+    reference = outputs64(masked_copy(model, masks), x)
+    ModelSpeedup(model, x, masks).speedup_model()
+    widths = (model.conv_fc[0].out_channels, model.conv_fc[4].out_channels, model.conv_fc[10].out_features)
+    assert widths == (2, 2, 2048)
+    torch.testing.assert_close(outputs64(model, x), reference, atol=1e-6, rtol=0)
+
+    # the fix the warning names silences it and builds the same pruner
+    fixed = copy.deepcopy(QUICK_START)
+    fixed[0]["exclude_op_names"] = ["conv_fc.13", "conv_fc.10"]
+    model = mnist_net()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        again = SCAPruner(model, fixed, mnist_evaluator(model, x, y), regrow_ratio=0.1, interval_steps=2)
+    assert not _ours(record) and again.excluded == {}
+    assert again.coupled_modules() == [["conv_fc.4", "conv_fc.5"], ["conv_fc.0", "conv_fc.1"]]
+    again.unwrap_model()
+
+
+def test_quick_start_without_excluding_the_output_layer_leaves_it_dense_too():
+    model = mnist_net()
+    x, y = mnist_batch()
+    config = [{"op_types": ["Linear", "Conv2d"], "sparse_ratio": 0.5}]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        pruner = SCAPruner(model, config, mnist_evaluator(model, x, y), regrow_ratio=0.0, interval_steps=2,
+                           example_inputs=x)
+    # regrow_ratio=0: the hidden Linear is pruned by activity alone; the output layer never is
+    assert list(pruner.excluded) == ["conv_fc.13"] and "model's output" in pruner.excluded["conv_fc.13"]
+    assert len(_ours(record)) == 1 and "no BatchNorm" not in _ours(record)[0]
+    assert ["conv_fc.10"] in pruner.coupled_modules()
+    pruner.unwrap_model()
+
+
+@pytest.mark.parametrize("config,match", [
+    ([{"op_names": ["conv_fc.10"], "sparse_ratio": 0.5}], "conv_fc.10 have no BatchNorm with a weight"),
+    ([{"op_names": ["conv_fc.13"], "sparse_ratio": 0.5}], "conv_fc.13 are the model's output"),
+    ([{"op_types": ["Linear"], "sparse_ratio": 0.5}], "config_list selects no layer that SCA can prune: conv_fc.10: .*"
+                                                      "conv_fc.13: its channels are the model's output"),
+])
+def test_layers_sca_cannot_prune_raise_when_named_or_when_nothing_is_left(config, match):
+    model = mnist_net()
+    x, _ = mnist_batch()
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        SCAPruner(model, config, None, regrow_ratio=0.1, example_inputs=x)
+    assert_unchanged(model, snap)

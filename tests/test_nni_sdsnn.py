@@ -61,9 +61,10 @@ def test_nni_sdsnn_equals_the_core_and_speeds_up_exactly():
                 optimizers.step()
                 functional.reset_net(model)
 
+    # as NNI users write it: the dependency graph is traced with the evaluator's dummy_input
     evaluator = TorchEvaluator(training_func, nni.trace(torch.optim.SGD)(model.parameters(), lr=0.05),
-                               lambda batch, model: F.cross_entropy(model(batch[0]), batch[1]))
-    pruner = SDSNNPruner(model, [{"op_types": ["Conv2d"]}], evaluator, interval_steps=STEPS, example_inputs=x, **KW)
+                               lambda batch, model: F.cross_entropy(model(batch[0]), batch[1]), dummy_input=x)
+    pruner = SDSNNPruner(model, [{"op_types": ["Conv2d"]}], evaluator, interval_steps=STEPS, **KW)
     _, masks = pruner.compress(max_epochs=EPOCHS)
     assert pruner.history == core.history  # the same development, update for update
     assert all(torch.equal(a, b) for a, b in zip(pruner.core.masks, core.masks))
@@ -90,6 +91,17 @@ def test_config_errors_change_nothing(config, message):
     snap = snapshot(model)
     with pytest.raises(ValueError, match=message):
         SDSNNPruner(model, config, None, interval_steps=2, example_inputs=torch.rand(2, 4, 1, 8, 8))
+    assert_unchanged(model, snap)
+
+
+def test_without_example_inputs_or_dummy_input_the_error_names_both_fixes():
+    model = digits_cnn(T=2, width=0.5)
+    evaluator = TorchEvaluator(lambda *a, **k: None, nni.trace(torch.optim.SGD)(model.parameters(), lr=0.05),
+                               lambda batch, model: 0.0)  # no dummy_input
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=r"SDSNNPruner needs example inputs.*dummy_input=x\)\) or pass "
+                                         r"example_inputs=x"):
+        SDSNNPruner(model, [{"op_types": ["Conv2d"]}], evaluator, interval_steps=2, N=1)
     assert_unchanged(model, snap)
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
 from conftest import assert_unchanged, snapshot
-from sca_plugin.models import resnet18
+from sca_plugin.models import digits_cnn, resnet18
 from sca_plugin.nni import ModelSpeedup
 
 pytest.importorskip("nni")
@@ -88,10 +88,8 @@ def test_lif_masked_classifier_and_masks_file(tmp_path):
     pruner = L1NormPruner(model, [{"op_types": ["Conv2d", "Linear"], "sparse_ratio": 0.5}])
     _, masks = pruner.compress()
     pruner.unwrap_model()
-    torch.save(masks, tmp_path / "nni.pth")  # NNI's defaultdict: only with weights_only=False
-    with pytest.raises(ValueError, match="weights_only"):
-        ModelSpeedup(model, _inputs()[0], tmp_path / "nni.pth")
-    torch.save({k: dict(v) for k, v in masks.items()}, tmp_path / "masks.pth")
+    assert type(masks).__name__ == "defaultdict"
+    torch.save(masks, tmp_path / "masks.pth")  # as NNI users save them: the defaultdict loads by default
     xs = _inputs()
     expected = [outputs64(masked_copy(model, masks), x) for x in xs]
     before = _nparams(model)
@@ -106,6 +104,95 @@ def test_lif_masked_classifier_and_masks_file(tmp_path):
     # the classifier's rows are the model output: masked, never removed
     assert model.classifier.out_features == 10
     assert "reaches the model output" in speedup.kept_candidates["classifier"]
+
+
+def test_masks_file_with_other_objects_names_the_fix_in_the_first_line(tmp_path):
+    """The safe loader allows tensors in (default)dicts only; for anything else the first line of
+    the error is the exact call that loads a trusted file."""
+    from fractions import Fraction
+
+    model = resnet18(width=0.125, T=2)
+    path = tmp_path / "masks.pth"
+    torch.save({"conv1": {"weight": Fraction(1, 2)}}, path)
+    snap = snapshot(model)
+    with pytest.raises(ValueError) as info:
+        ModelSpeedup(model, _inputs()[0], path)
+    first, *rest = str(info.value).splitlines()
+    assert first.endswith(f"if you trust the file, pass weights_only=False: ModelSpeedup(model, dummy_input, "
+                          f"{str(path)!r}, weights_only=False)")
+    assert "fractions.Fraction" in rest[0]
+    with pytest.raises(ValueError, match="expected a tensor, got Fraction"):  # the fix loads it; then validation
+        ModelSpeedup(model, _inputs()[0], path, weights_only=False).speedup_model()
+    assert_unchanged(model, snap)
+
+
+def _output_mask_reference(model, masks):
+    """NNI's meaning of ``_output_0`` masks, independently of ModelSpeedup: the outputs multiplied."""
+    ref = masked_copy(model, {n: {t: m for t, m in ts.items() if not t.startswith("_")} for n, ts in masks.items()})
+    for name, targets in masks.items():
+        if "_output_0" in targets:
+            mask = targets["_output_0"]
+            ref.get_submodule(name).register_forward_hook(
+                lambda mod, args, out, mask=mask: out * (mask.view(1, -1, 1, 1) if mask.dim() == 1 and out.dim() == 4
+                                                         else mask.view(1, 1, -1, 1, 1) if mask.dim() == 1
+                                                         else mask).to(out.dtype))
+    return ref
+
+
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+def test_output_masks_are_applied_and_their_channels_removed(step_mode):
+    """NNI's activation masks (what AGPPruner/LinearPruner return around SCAPruner): a BatchNorm's
+    ``_output_0`` mask, per channel or in the output's shape, is applied as its weight and bias masks."""
+    torch.manual_seed(0)
+    model = _randomize_bn(digits_cnn(T=2, step_mode=step_mode)).eval()
+    xs = _inputs((2, 1, 8, 8), n=2)
+    shape = []
+    hook = model.features[4].register_forward_hook(lambda m, a, out: shape.append(out.shape) and None)
+    outputs64(model, xs[0])  # on a deep copy: the copied hook records the shape here
+    hook.remove()
+    per_channel = torch.ones(model.features[1].num_features)
+    per_channel[[0, 2]] = 0
+    full = torch.ones(shape[-1])  # NNI's output target space: the output's shape, batch (and time) included
+    full.select(2 if step_mode == "m" else 1, 1).zero_()
+    masks = {"features.1": {"_output_0": per_channel},
+             "features.4": {"weight": torch.ones(model.features[4].num_features), "_output_0": full}}
+    reference = _output_mask_reference(model, masks)
+    expected = [outputs64(reference, x) for x in xs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        speedup = ModelSpeedup(model, xs[0], masks)
+        speedup.speedup_model()
+    for x, e in zip(xs, expected):
+        torch.testing.assert_close(outputs64(model, x), e, atol=1e-5, rtol=0)
+    assert speedup.removed_channels == {"features.0": [0, 2], "features.3": [1]}
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda m: {"layer1.0.conv2": {"_input_0": _zero_at(torch.ones(m.layer1[0].conv2.in_channels), 0)}},
+     r"masks an input of layer1.0.conv2.*mask the weight and bias of the layer producing those channels"),
+    (lambda m: {"layer1.0.sn1": {"_output_0": _zero_at(torch.ones(m.layer1[0].bn1.num_features), 0)}},
+     r"masks the output of .*Node, which ModelSpeedup cannot express as a parameter mask"),
+    (lambda m: {"layer1.0.bn1": {"_output_0": _zero_at(torch.ones(2, 2, m.layer1[0].bn1.num_features, 8, 8),
+                                                       (slice(None), 0, 3))}},
+     r"zeroes only some positions of channels \[3\]"),
+    (lambda m: {"layer1.0.bn1": {"_output_0": torch.zeros(m.layer1[0].bn1.num_features + 1)}},
+     "has no channel dimension of size"),
+    (lambda m: {"layer1.0.bn1": {"_output_0": torch.full((m.layer1[0].bn1.num_features,), 0.5)}},
+     r"0 \(pruned\) or 1"),
+])
+def test_bad_activation_masks_change_nothing(make, match):
+    torch.manual_seed(0)
+    model = resnet18(width=0.125, T=2)
+    masks = {**_bn_masks(model, ["layer2.0.bn1"], [0]), **make(model)}
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        ModelSpeedup(model, _inputs()[0], masks).speedup_model()
+    assert_unchanged(model, snap)
+
+
+def _zero_at(t, idx):
+    t[idx] = 0
+    return t
 
 
 def _train_func(model, optimizer, training_step, lr_scheduler=None, max_steps=None, max_epochs=None, *args, **kwargs):

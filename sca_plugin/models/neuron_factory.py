@@ -26,6 +26,10 @@ NEURON_TYPES: Dict[str, type] = {
 
 NeuronSpec = Union[str, Callable[..., nn.Module]]
 
+# neuron classes given the SCA defaults they accept: SpikingJelly's production neurons and its
+# pure-PyTorch "Simple" ones (which share the threshold / reset / surrogate arguments)
+_NEURON_BASES = tuple(c for c in (sj_neuron.BaseNode, getattr(sj_neuron, "SimpleBaseNode", None)) if c is not None)
+
 
 def default_neuron_kwargs() -> Dict[str, Any]:
     """Neuron defaults of the SCA reference code (a fresh surrogate instance on every call)."""
@@ -56,8 +60,8 @@ def make_neuron_factory(neuron: NeuronSpec = "if", **neuron_kwargs: Any) -> Call
     * ``'if'`` / ``'lif'`` / ``'plif'`` -> ``IFNode`` / ``LIFNode`` / ``ParametricLIFNode`` with the
       SCA defaults, overridden by ``neuron_kwargs`` (for ``'plif'`` a ``tau=`` is mapped to
       SpikingJelly's ``init_tau=``).
-    * a SpikingJelly neuron class (subclass of ``neuron.BaseNode``) -> the SCA defaults it accepts,
-      overridden by ``neuron_kwargs``.
+    * a SpikingJelly neuron class (subclass of ``neuron.BaseNode`` or ``neuron.SimpleBaseNode``,
+      e.g. ``SimpleIFNode``) -> the SCA defaults it accepts, overridden by ``neuron_kwargs``.
     * any other callable -> called as ``neuron(**neuron_kwargs)``; it must return an ``nn.Module``.
 
     Step mode is not set here: the model sets it for all its modules after construction.
@@ -80,7 +84,7 @@ def make_neuron_factory(neuron: NeuronSpec = "if", **neuron_kwargs: Any) -> Call
 
         return factory
 
-    if isinstance(neuron, type) and issubclass(neuron, sj_neuron.BaseNode):
+    if isinstance(neuron, type) and issubclass(neuron, _NEURON_BASES):
         accepted = _accepted_kwargs(neuron)
         defaults = {k: v for k, v in default_neuron_kwargs().items() if k in accepted}
         kwargs = {**defaults, **neuron_kwargs}

@@ -1,7 +1,8 @@
 """SCA for NNI 3.0 users: an NNI ``Pruner`` and a ``ModelSpeedup`` that works on torch 2.x and SNNs.
 
     from sca_plugin.nni import SCAPruner, ModelSpeedup
-    pruner = SCAPruner(model, config_list, evaluator, regrow_ratio=0.1, interval_steps=100, example_inputs=x)
+    evaluator = TorchEvaluator(training_func, optimizer, training_step, dummy_input=x)  # x traces the graph
+    pruner = SCAPruner(model, config_list, evaluator, regrow_ratio=0.1, interval_steps=100)
     _, masks = pruner.compress(max_steps=None, max_epochs=10)
     pruner.unwrap_model()
     ModelSpeedup(model, x, masks).speedup_model()

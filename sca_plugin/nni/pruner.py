@@ -36,6 +36,7 @@ equals the Torch-Pruning core's update for update.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import OrderedDict, defaultdict
 from copy import deepcopy
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
@@ -53,7 +54,7 @@ from nni.compression.base.wrapper import ModuleWrapper
 from nni.compression.utils.evaluator import Evaluator, Hook, TensorHook
 
 from ..activity import DEFINITIONS, MembraneActivityRecorder
-from ..graph import SpikingMetaPruner
+from ..graph import SpikingMetaPruner, reaches_output
 from ..importance import SCAImportance, group_channel_mean, group_members
 from ..masking import StraightThroughMask, mask_targets, output_channel_dim, group_producers, parameter_entries, \
     zero_channels
@@ -61,7 +62,7 @@ from ..regrowth import REGROW_SIGNALS, GradientMagnitudes
 from ..neurons import is_spiking_neuron
 from ..selection import MODES, select_channels
 
-__all__ = ["SCAPruner", "STE_APPLY_METHOD", "DEFER_APPLY_METHOD"]
+__all__ = ["SCAPruner", "STE_APPLY_METHOD", "DEFER_APPLY_METHOD", "evaluator_dummy_input"]
 
 _logger = logging.getLogger(__name__)
 
@@ -100,6 +101,31 @@ pruning_apply_methods[DEFER_APPLY_METHOD] = sca_deferred_mask
 # ---------------------------------------------------------------------- helpers
 def _is_bn(m: nn.Module) -> bool:
     return isinstance(m, ops.TORCH_BATCHNORM)
+
+
+def evaluator_dummy_input(evaluator: Optional[Evaluator]) -> Any:
+    """The ``dummy_input`` the user gave the NNI evaluator (``TorchEvaluator(..., dummy_input=x)``,
+    ``LightningEvaluator(..., dummy_input=x)``), or None.
+
+    NNI's graph-based tools trace the model with it, so a pruner built as NNI users write it
+    (no ``example_inputs``) traces its dependency graph with the same input. Only an explicitly
+    given one counts: ``LightningEvaluator.get_dummy_input()`` otherwise falls back to a training
+    batch, which usually holds the labels too and is not what the model takes."""
+    if evaluator is None:
+        return None
+    if hasattr(evaluator, "_dummy_input"):  # LightningEvaluator keeps the user's value here
+        return evaluator._dummy_input
+    try:
+        return evaluator.get_dummy_input()
+    except NotImplementedError:  # an Evaluator subclass without a dummy input
+        return None
+
+
+def missing_example_inputs_message(pruner: str) -> str:
+    """The error for a pruner built with neither ``example_inputs`` nor an evaluator ``dummy_input``."""
+    return (f"{pruner} needs example inputs to trace the dependency graph (which layers share channels): give the "
+            "evaluator a dummy_input (TorchEvaluator(training_func, optimizer, training_step, dummy_input=x)) or pass "
+            "example_inputs=x, with x exactly as the model takes it")
 
 
 class _RecorderHook(Hook):
@@ -163,7 +189,8 @@ class SCAPruner(Pruner):
         interval_steps: optimizer steps between mask updates.
         total_times: how many mask updates at most (``'unlimited'`` by default; an AGP/Linear
             scheduled pruner sets it).
-        example_inputs: inputs exactly as ``model`` takes them, to trace the dependency graph.
+        example_inputs: inputs exactly as ``model`` takes them, to trace the dependency graph. Default:
+            the evaluator's ``dummy_input`` (``TorchEvaluator(..., dummy_input=x)``), as NNI's tools use it.
         definition: SCA activity definition, ``'spike_plus_v'`` (reference code) or ``'membrane_l1'``.
         mode: ``'rebuild'`` (default, reference code) or ``'incremental'`` (see :mod:`sca_plugin.selection`).
         masking: ``'reset'`` (default), ``'reset-filters'`` or ``'mask'``, as for the core
@@ -177,6 +204,12 @@ class SCAPruner(Pruner):
             during ``compress()`` (reference code uses 3e-5; 0 disables).
         forward_fn: ``forward_fn(model, example_inputs)`` for models not called as ``model(x)``.
 
+    Layers that ``op_types`` / ``op_names_re`` select but SCA cannot prune (channels that are the
+    model's output or reach no spiking neuron, channels without a BatchNorm while ``regrow_ratio > 0``) are left
+    dense, listed with the reason in :attr:`excluded` ``{name: reason}`` and in one warning, so NNI's
+    quick-start ``[{'op_types': ['Linear', 'Conv2d'], 'exclude_op_names': [...], 'sparse_ratio': 0.5}]``
+    runs; a layer named in ``op_names`` is an explicit request and raises instead.
+
     ``generate_masks()`` consumes the statistics gathered since the previous update and records
     the new channel selection (the next update starts from it in ``'incremental'`` mode).
     """
@@ -189,6 +222,11 @@ class SCAPruner(Pruner):
                  regrow_signal: str = "mean",
                  existed_wrappers: Optional[Dict[str, ModuleWrapper]] = None):
         # ---- everything below is checked before the model is traced or wrapped
+        if evaluator is not None and not isinstance(evaluator, Evaluator):
+            raise TypeError(f"evaluator must be an nni.compression Evaluator (e.g. TorchEvaluator), got "
+                            f"{type(evaluator).__name__}")
+        if example_inputs is None:  # NNI's convention: the graph is traced with the evaluator's dummy_input
+            example_inputs = evaluator_dummy_input(evaluator)
         self._validate_arguments(model, evaluator, regrow_ratio, interval_steps, total_times, example_inputs,
                                  definition, mode, min_channels, round_to, l1)
         if masking not in ("reset", "reset-filters", "mask"):
@@ -212,7 +250,8 @@ class SCAPruner(Pruner):
 
         # ---- the dependency graph, traced on the unwrapped model
         self.module_names: Dict[nn.Module, str] = {m: n for n, m in model.named_modules()}
-        self._groups = self._build_groups(model, example_inputs, forward_fn, user_configs)
+        self._groups, self.excluded, user_configs = self._build_groups(model, example_inputs, forward_fn,
+                                                                       user_configs)
         internal = self._internal_config_entries(user_configs)
 
         super().__init__(model, [cfg for cfg, _ in user_configs] + internal, evaluator, existed_wrappers)
@@ -224,6 +263,14 @@ class SCAPruner(Pruner):
         self._manual_hooks: List[Hook] = []
         self.num_updates = 0
         self.history: List[dict] = []
+        if self.excluded:
+            fix = "exclude them to silence this: " + ", ".join(
+                f"config_list[{i}]['exclude_op_names'] = {names}" for i, names in self._exclusion_fix.items())
+            if any("BatchNorm" in r for r in self.excluded.values()):
+                fix += "; to prune the layers without BatchNorm, add one after them or use regrow_ratio=0 (no regrowth)"
+            warnings.warn("SCAPruner leaves layers that config_list selects by type dense, because SCA cannot prune "
+                          "them: " + "; ".join(f"{n} ({r})" for n, r in sorted(self.excluded.items())) + ". Fix: "
+                          + fix, stacklevel=2)
 
     # ------------------------------------------------------------------ validation
     @staticmethod
@@ -234,12 +281,8 @@ class SCAPruner(Pruner):
         if any(hasattr(m, "_nni_wrapper") for m in model.modules()):
             raise ValueError("the model is already wrapped by another NNI compressor; unwrap it first "
                              "(compressor.unwrap_model()) or use SCAPruner.from_compressor")
-        if evaluator is not None and not isinstance(evaluator, Evaluator):
-            raise TypeError(f"evaluator must be an nni.compression Evaluator (e.g. TorchEvaluator), got "
-                            f"{type(evaluator).__name__}")
         if example_inputs is None:
-            raise ValueError("SCAPruner needs example_inputs (inputs exactly as the model takes them) to trace the "
-                             "dependency graph that couples convolutions, BatchNorms and spiking neurons")
+            raise ValueError(missing_example_inputs_message("SCAPruner"))
         if isinstance(regrow_ratio, bool) or not isinstance(regrow_ratio, (int, float)) or not 0.0 <= regrow_ratio < 1.0:
             raise ValueError(f"regrow_ratio must be in [0, 1), got {regrow_ratio!r}")
         if isinstance(interval_steps, bool) or not isinstance(interval_steps, int) or interval_steps < 1:
@@ -332,17 +375,30 @@ class SCAPruner(Pruner):
         return out
 
     # ------------------------------------------------------------------ graph
-    def _build_groups(self, model, example_inputs, forward_fn, user_configs) -> List[_Group]:
+    def _build_groups(self, model, example_inputs, forward_fn, user_configs
+                      ) -> Tuple[List[_Group], Dict[str, str], List[Tuple[dict, Dict[str, nn.Module]]]]:
+        """The Torch-Pruning groups of the configured layers, the layers left out and the config
+        entries without them.
+
+        A layer SCA cannot prune (its channels are the model output, reach no spiking neuron, have no
+        BatchNorm while ``regrow_ratio > 0``, or have no pruning group) raises a ValueError when
+        ``op_names`` names it. Selected only by ``op_types`` / ``op_names_re`` (NNI's quick-start
+        ``{'op_types': ['Linear', 'Conv2d'], ...}``), it is left out (dense, not wrapped): returned in
+        ``excluded`` as ``{name: reason}``, and ``__init__`` warns once with the fix."""
         configured: Dict[nn.Module, Tuple[str, dict]] = {}
+        named = set()  # listed by name in op_names: an explicit request, never left out silently
         for config, modules in user_configs:
             for name, module in modules.items():
                 configured[module] = (name, config)
+                if name in (config.get("op_names") or []):
+                    named.add(name)
         root_types = [t for t in _PRODUCER_TYPES if any(isinstance(m, t) for m in configured)]
         meta = SpikingMetaPruner(model, example_inputs, SCAImportance(self.definition), forward_fn=forward_fn,
                                  root_module_types=root_types)
         DG = meta.DG
         groups: List[_Group] = []
         covered: Dict[nn.Module, _Group] = {}
+        excluded: Dict[str, str] = {}
         for group in DG.get_all_groups(ignored_layers=[], root_module_types=root_types):
             root = group[0].dep.target.module
             producers = group_producers(DG, group, _PRODUCER_TYPES)
@@ -364,21 +420,56 @@ class SCAPruner(Pruner):
             g.max_sparse_ratio = configs[0]["max_sparse_ratio"]
             g.global_group_id = configs[0].get("global_group_id")
             g.rep = g.configured[0]
-            if not group_members(group, is_spiking_neuron):
-                raise ValueError(f"the output channels of {names} reach no spiking neuron, so they have no SCA score "
-                                 "(e.g. the classifier); exclude them from config_list")
-            if self.regrow_ratio > 0 and not any(getattr(m, "weight", None) is not None for m in g.bns):
-                raise ValueError(f"the channels of {names} have no BatchNorm with a weight, but regrowth ranks masked "
-                                 "channels by |dL/dgamma|; exclude them or use regrow_ratio=0")
+            reason = error = None
+            if reaches_output(DG, group):
+                reason = "its channels are the model's output; pruning them would change the output's size"
+                error = (f"the channels of {names} are the model's output (pruning them would change the output's "
+                         "size, e.g. the number of classes); exclude them from config_list (exclude_op_names)")
+            elif not group_members(group, is_spiking_neuron):
+                reason = "its output channels reach no spiking neuron, so they have no SCA score"
+                error = (f"the output channels of {names} reach no spiking neuron, so they have no SCA score "
+                         "(e.g. the classifier); exclude them from config_list")
+            elif self.regrow_ratio > 0 and not any(getattr(m, "weight", None) is not None for m in g.bns):
+                reason = (f"its channels have no BatchNorm, and regrowth (regrow_ratio={self.regrow_ratio}) ranks "
+                          "masked channels by |dL/dgamma|")
+                error = (f"the channels of {names} have no BatchNorm with a weight, but regrowth ranks masked "
+                         "channels by |dL/dgamma|; exclude them or use regrow_ratio=0")
+            if reason is not None:
+                if any(n in named for n in g.configured):
+                    raise ValueError(error)
+                excluded.update({n: reason for n in g.configured})
+                continue
             for m in members:
                 covered[m] = g
             groups.append(g)
-        missing = sorted(configured[m][0] for m in configured if m not in covered)
-        if missing:
-            raise ValueError(f"the output channels of {missing[:5]} cannot be pruned (the dependency graph has no "
-                             "pruning group for them, e.g. they produce the model output); exclude them")
-        self._check_dependency_groups(user_configs, covered)
-        return groups
+        missing = sorted(configured[m][0] for m in configured
+                         if m not in covered and configured[m][0] not in excluded)
+        if any(n in named for n in missing):
+            raise ValueError(f"the output channels of {[n for n in missing if n in named][:5]} cannot be pruned (the "
+                             "dependency graph has no pruning group for them, e.g. they produce the model output); "
+                             "exclude them")
+        excluded.update({n: "the dependency graph has no pruning group for its output channels (e.g. it produces "
+                            "the model output)" for n in missing})
+        if not groups:
+            raise ValueError("config_list selects no layer that SCA can prune: " + "; ".join(
+                f"{n}: {r}" for n, r in sorted(excluded.items())[:5]) + ". Select the convolutions followed by "
+                "BatchNorms and spiking neurons (e.g. {'op_types': ['Conv2d'], ...})"
+                + (", or use regrow_ratio=0 for layers without BatchNorm"
+                   if any("BatchNorm" in r for r in excluded.values()) else ""))
+        kept_configs = []
+        self._exclusion_fix: Dict[int, List[str]] = {}  # config_list index -> the exclude_op_names that silence it
+        for i, (config, modules) in enumerate(user_configs):
+            left_out = sorted(n for n in modules if n in excluded)
+            if left_out:
+                names = list(config.get("exclude_op_names") or [])
+                config = {**config, "exclude_op_names": names + [n for n in left_out if n not in names]}
+                self._exclusion_fix[i] = config["exclude_op_names"]
+                modules = {n: m for n, m in modules.items() if n not in excluded}
+                if not modules:
+                    continue  # every layer of this entry is left out: NNI wraps nothing for it
+            kept_configs.append((config, modules))
+        self._check_dependency_groups(kept_configs, covered)
+        return groups, excluded, kept_configs
 
     def _check_dependency_groups(self, user_configs, covered) -> None:
         by_id: Dict[Any, List[str]] = defaultdict(list)
@@ -660,7 +751,9 @@ class SCAPruner(Pruner):
     # ------------------------------------------------------------------ queries
     def get_masks(self) -> Dict[str, Dict[str, torch.Tensor]]:
         """NNI's ``{module: {'weight'|'bias': mask}}`` (what ``ModelSpeedup`` takes): the parameter masks.
-        The internal per-channel output masks (``_output_0``) that enforce them during training are left out."""
+        The internal per-channel output masks (``_output_0``) that enforce them during training are left out
+        (NNI's ``AGPPruner`` / ``LinearPruner`` return them too; :class:`sca_plugin.nni.ModelSpeedup` applies
+        them as the same weight and bias masks, so either set of masks gives the same pruned model)."""
         masks = super().get_masks()
         return {name: {t: m for t, m in targets.items() if not t.startswith(OUTPUT_PREFIX)}
                 for name, targets in masks.items()

@@ -1,8 +1,8 @@
 """SD-SNN for NNI 3.0: an NNI ``Pruner`` driven by :class:`sca_plugin.SDSNNPruner`.
 
     from sca_plugin.nni import ModelSpeedup, SDSNNPruner
-    pruner = SDSNNPruner(model, [{"op_types": ["Conv2d"]}], evaluator, interval_steps=steps_per_epoch,
-                         example_inputs=x, N=2)
+    evaluator = TorchEvaluator(training_func, optimizer, training_step, dummy_input=x)
+    pruner = SDSNNPruner(model, [{"op_types": ["Conv2d"]}], evaluator, interval_steps=steps_per_epoch, N=2)
     _, masks = pruner.compress(max_epochs=epochs)
     pruner.unwrap_model()
     ModelSpeedup(model, x, masks).speedup_model()
@@ -29,7 +29,7 @@ from torch_pruning import ops
 
 from ..importance import group_members
 from ..sdsnn import SDSNNPruner as _CoreSDSNN
-from .pruner import DEFER_APPLY_METHOD
+from .pruner import DEFER_APPLY_METHOD, evaluator_dummy_input, missing_example_inputs_message
 
 __all__ = ["SDSNNPruner"]
 
@@ -52,7 +52,8 @@ class SDSNNPruner(Pruner):
         evaluator: an NNI ``Evaluator`` that trains the model (required by ``compress()``).
         interval_steps: optimizer steps per structural-development step (an epoch in the method).
         total_times: at most this many development steps (``'unlimited'`` by default).
-        example_inputs: inputs exactly as ``model`` takes them (dependency graph).
+        example_inputs: inputs exactly as ``model`` takes them (dependency graph). Default: the
+            evaluator's ``dummy_input`` (``TorchEvaluator(..., dummy_input=x)``), as NNI's tools use it.
         forward_fn: ``forward_fn(model, example_inputs)`` for models not called as ``model(x)``.
         **sdsnn_kwargs: ``N``, ``initial_rate``, ``initial_fc_rate``, ``dead_synapses``,
             ``dead_fc_synapses``, ``regen_percentile``, ``regen_fc_percentile``, ``regen_cap``,
@@ -69,8 +70,10 @@ class SDSNNPruner(Pruner):
                              f"usually the steps of one epoch), got {interval_steps!r}")
         if total_times != "unlimited" and (not isinstance(total_times, int) or total_times < 1):
             raise ValueError(f"total_times must be a positive integer or 'unlimited', got {total_times!r}")
+        if example_inputs is None:  # NNI's convention: the graph is traced with the evaluator's dummy_input
+            example_inputs = evaluator_dummy_input(evaluator)
         if example_inputs is None:
-            raise ValueError("example_inputs is required: the dependency graph is traced with it")
+            raise ValueError(missing_example_inputs_message("SDSNNPruner"))
         selected = self._select(model, config_list)
         names = {m: n for n, m in model.named_modules()}
         ignored = [m for m in model.modules() if isinstance(m, _PRODUCER_TYPES) and m not in selected.values()]

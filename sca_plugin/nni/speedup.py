@@ -17,17 +17,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
+from nni.compression.base.setting import INPUT_PREFIX, OUTPUT_PREFIX
 from torch_pruning import ops
-from spikingjelly.activation_based import functional
 
-from ..graph import (_removing_leaked_hooks, eval_outputs, preserve_training_mode, repair_time_dimension,
-                     spiking_neuron_pruners)
-from ..masking import feeds_only
+from ..graph import build_graph, eval_outputs
+from ..masking import feeds_only, output_channel_dim
 from ..neurons import is_spiking_neuron
-from ..rollback import ModuleSnapshot, float_dtypes, restore_dtypes, to_double
+from ..rollback import RemovalTransaction, to_double
 
-__all__ = ["ModelSpeedup"]
+__all__ = ["ModelSpeedup", "load_masks"]
 
 _FLOWS = "data still flows: coupled layers are not masked alike"
 _CONSTANT = "non-zero constant where it is used (e.g. BN(0) makes the neuron fire)"
@@ -40,11 +38,91 @@ _IGNORED_NNI_ARGS = ("batch_dim", "batch_size", "customized_mask_updaters", "cus
                      "graph_module", "garbage_collect_values", "logger")
 
 
+def _output_parameters(module: nn.Module) -> List[Tuple[str, int]]:
+    """``(parameter, output-channel dim)`` of the layers whose output channel is exactly zero when its
+    weight slice and bias entry are (conv, linear, affine BatchNorm); [] for any other layer."""
+    if isinstance(module, ops.TORCH_CONV):
+        if getattr(module, "transposed", False):
+            if module.groups != 1:
+                return []
+            params = [("weight", 1)]
+        else:
+            params = [("weight", 0)]
+    elif isinstance(module, ops.TORCH_LINEAR) or (isinstance(module, ops.TORCH_BATCHNORM)
+                                                  and getattr(module, "weight", None) is not None):
+        params = [("weight", 0)]
+    else:
+        return []
+    if getattr(module, "bias", None) is not None:
+        params.append(("bias", 0))
+    return params
+
+
+def _output_channel_keep(name: str, module: nn.Module, target: str, keep: torch.Tensor) -> torch.Tensor:
+    """Bool per output channel of ``module`` from NNI's output mask ``target`` (``keep``: bool,
+    per channel ``[C]`` or in the output's shape, e.g. ``[B, C, H, W]``, ``[T, B, C, H, W]``)."""
+    where = f"mask {name}.{target}"
+    if not _output_parameters(module):
+        raise ValueError(
+            f"{where} masks the output of {type(module).__name__}, which ModelSpeedup cannot express as a parameter "
+            "mask (it applies output masks of convolutions, linear layers and affine BatchNorms by zeroing the masked "
+            "channels' weight and bias); mask the weight and bias of the layer producing those channels instead")
+    if target != f"{OUTPUT_PREFIX}0":
+        raise ValueError(f"{where}: {type(module).__name__} has one output; its output mask is '{OUTPUT_PREFIX}0'")
+    n = int(getattr(module, "out_features", None) or getattr(module, "out_channels", None)
+            or getattr(module, "num_features"))
+    dim = 0 if keep.dim() == 1 else output_channel_dim(module) % keep.dim()
+    if keep.dim() == 0 or keep.shape[dim] != n:
+        raise ValueError(f"{where}: shape {tuple(keep.shape)} has no channel dimension of size {n} (expected [{n}] or "
+                         f"the output's shape, channels in dim {output_channel_dim(module)})")
+    flat = keep.movedim(dim, 0).reshape(n, -1)
+    channels = flat.any(dim=1)
+    partial = torch.nonzero(channels & ~flat.all(dim=1)).flatten().tolist()
+    if partial:
+        raise ValueError(f"{where} zeroes only some positions of channels {partial[:8]}; ModelSpeedup removes whole "
+                         "channels, so an output mask must keep or zero each channel entirely")
+    return channels
+
+
 def _channel_dim(module: nn.Module, x: torch.Tensor) -> int:
     """Input-channel dimension of a conv ([..., C, *spatial]) or linear ([..., F]) input."""
     if isinstance(module, ops.TORCH_CONV):
         return x.dim() - len(module.kernel_size) - 1
     return x.dim() - 1
+
+
+def _defaultdict_as_dict(default_factory: Any = None) -> dict:
+    """Stands in for ``collections.defaultdict`` when a masks file is unpickled with ``weights_only``."""
+    return {}
+
+
+def load_masks(path: "str | os.PathLike", map_location: Any = None, weights_only: bool = True
+               ) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Load a masks file written by ``torch.save(masks, path)``.
+
+    NNI's ``get_masks()`` / ``compress()`` return a ``collections.defaultdict(dict)``, which
+    ``torch.load(weights_only=True)`` refuses. With ``weights_only=True`` (the default) such a file is
+    still loaded by the safe unpickler, reading ``defaultdict(dict)`` as a plain ``dict``: no other
+    class or function is allowed. If the file holds anything else, the ValueError's first line says
+    how to load it (``weights_only=False``, only for a file you trust) and the next names what torch
+    refused. ``weights_only=False`` loads with plain pickle."""
+    where = os.fspath(path)
+    if not weights_only:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    try:
+        if allow is None:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        with allow([(_defaultdict_as_dict, "collections.defaultdict"), dict]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        cause = next((ln for ln in lines if "WeightsUnpickler error" in ln or "Unsupported global" in ln),
+                     lines[-1] if lines else type(e).__name__)
+        raise ValueError(
+            f"cannot load the masks file {where!r} safely; if you trust the file, pass weights_only=False: "
+            f"ModelSpeedup(model, dummy_input, {where!r}, weights_only=False)\n"
+            f"(it holds objects that torch.load(weights_only=True) does not allow: {cause})") from e
 
 
 class ModelSpeedup:
@@ -56,6 +134,17 @@ class ModelSpeedup:
     same shape as the target; ``None`` entries are skipped) for the UNWRAPPED model
     (``pruner.unwrap_model()`` first), or a file holding it. Works on SpikingJelly networks in both
     step modes and on plain networks.
+
+    Activation masks. NNI's ``_output_*`` / ``_input_*`` targets mask a layer's output / input
+    (``AGPPruner`` / ``LinearPruner`` around ``sca_plugin.nni.SCAPruner`` return the ``_output_0``
+    masks that enforce its channel masks in training). They are applied, as NNI's own speed-up
+    applies them: an ``_output_0`` mask of a conv, linear layer or affine BatchNorm (per channel,
+    ``[C]``, or in the output's shape) is folded into the layer's weight and bias masks, since
+    zeroing a channel's weight slice and bias entry zeroes exactly that output channel; it must keep
+    or zero each channel entirely. An activation mask that masks nothing is skipped. Any other
+    activation mask (an ``_input_*`` mask, the output of a neuron or pooling layer) cannot be
+    expressed as parameter masks and raises a ValueError naming the fix (mask the producing
+    layer's weight and bias).
 
     Removal rule. The masks are first applied to the parameters (``target *= mask``): that masked
     model is the reference. Torch-Pruning's dependency graph (spiking neurons registered, time
@@ -92,9 +181,11 @@ class ModelSpeedup:
         model: the unwrapped model (changed in place).
         dummy_input: inputs exactly as ``model`` takes them (a tensor, or a tuple/dict of them), used
             to trace the graph, to find the zero channels and to verify the result.
-        masks_or_file: NNI masks, or a path to a ``torch.save``-d plain dict of them (loaded with
-            ``weights_only``; NNI's own ``defaultdict`` needs ``weights_only=False``).
+        masks_or_file: NNI masks, or a path to a file written by ``torch.save(masks, path)`` (NNI's
+            ``defaultdict`` included), loaded with :func:`load_masks`.
         map_location: as in ``torch.load``, for a masks file.
+        weights_only: load a masks file with torch's safe unpickler (default; plain and NNI's
+            ``defaultdict`` mask dicts load); ``False`` for a trusted file holding other objects.
         verify_atol: float64 tolerance of the final check; None skips it.
         forward_fn: ``forward_fn(model, dummy_input)`` when calling the model is not ``model(x)``.
         customized_pruners: extra Torch-Pruning pruners by module type (spiking neurons are built in).
@@ -112,14 +203,7 @@ class ModelSpeedup:
         if unknown:
             raise TypeError(f"ModelSpeedup got unexpected arguments {unknown}")
         if isinstance(masks_or_file, (str, os.PathLike)):
-            try:
-                masks_or_file = torch.load(masks_or_file, map_location=map_location, weights_only=weights_only)
-            except pickle.UnpicklingError as e:
-                raise ValueError(
-                    f"cannot load the masks file {os.fspath(masks_or_file)!r} with weights_only=True ({e}). NNI's "
-                    "masks are a collections.defaultdict, which torch.load refuses to unpickle safely: save "
-                    "{name: dict(targets) for name, targets in masks.items()} instead, or pass weights_only=False "
-                    "for a file you trust") from e
+            masks_or_file = load_masks(masks_or_file, map_location, weights_only)
         if not isinstance(masks_or_file, dict):
             raise ValueError(f"masks must be a dict {{module_name: {{target_name: mask}}}} or a file, "
                              f"got {type(masks_or_file).__name__}")
@@ -134,8 +218,11 @@ class ModelSpeedup:
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> Dict[nn.Module, Dict[str, torch.Tensor]]:
+        """``{module: {parameter: bool keep mask}}`` from :attr:`masks`, with NNI's activation masks
+        (``_output_*``, ``_input_*``) folded in; raises ValueError (nothing changed yet) on a bad mask."""
         modules = dict(self.model.named_modules())
         checked: Dict[nn.Module, Dict[str, torch.Tensor]] = {}
+        activations: List[Tuple[str, nn.Module, str, torch.Tensor]] = []
         for name, targets in self.masks.items():
             if name not in modules:
                 raise ValueError(f"mask for module {name!r}: the model has no such module (names are those of "
@@ -146,12 +233,13 @@ class ModelSpeedup:
             for target, mask in targets.items():
                 if mask is None:
                     continue
-                tensor = getattr(module, target, None) if isinstance(target, str) else None
-                if not isinstance(tensor, torch.Tensor):
+                activation = isinstance(target, str) and target.startswith((OUTPUT_PREFIX, INPUT_PREFIX))
+                tensor = getattr(module, target, None) if isinstance(target, str) and not activation else None
+                if not activation and not isinstance(tensor, torch.Tensor):
                     raise ValueError(f"mask for module {name!r}: it has no tensor {target!r}")
                 if not isinstance(mask, torch.Tensor):
                     raise ValueError(f"mask {name}.{target}: expected a tensor, got {type(mask).__name__}")
-                if tuple(mask.shape) != tuple(tensor.shape):
+                if not activation and tuple(mask.shape) != tuple(tensor.shape):
                     raise ValueError(f"mask {name}.{target}: shape {tuple(mask.shape)} does not match the "
                                      f"{target}'s shape {tuple(tensor.shape)}")
                 m = mask.detach()
@@ -159,24 +247,32 @@ class ModelSpeedup:
                     raise ValueError(f"mask {name}.{target}: holds non-finite values")
                 if not ((m == 0) | (m == 1)).all():
                     raise ValueError(f"mask {name}.{target}: values must be 0 (pruned) or 1 (kept)")
-                checked.setdefault(module, {})[target] = (m != 0).cpu()
+                if activation:
+                    activations.append((name, module, target, (m != 0).cpu()))
+                else:
+                    checked.setdefault(module, {})[target] = (m != 0).cpu()
+        # after all parameter masks, so that a layer's output mask combines with its weight/bias masks
+        for name, module, target, keep in activations:
+            if bool(keep.all()):
+                continue  # masks nothing (e.g. SCA's training-time output mask of a group that keeps every channel)
+            if target.startswith(INPUT_PREFIX):
+                raise ValueError(
+                    f"mask {name}.{target} masks an input of {name}, which ModelSpeedup cannot remove: it removes "
+                    "channels by the masks of the layers that produce them; mask the weight and bias of the layer "
+                    "producing those channels instead")
+            channels = _output_channel_keep(name, module, target, keep)
+            for param, dim in _output_parameters(module):
+                t = getattr(module, param)
+                shape = [1] * t.dim()
+                shape[dim] = -1
+                k = channels.view(shape).expand(t.shape)
+                targets = checked.setdefault(module, {})
+                targets[param] = targets[param] & k if param in targets else k.clone()
         return checked
 
     # ------------------------------------------------------------------ helpers
     def _build_graph(self):
-        model, x = self.model, self.dummy_input
-        neuron_pruners = spiking_neuron_pruners(model, x, self.forward_fn)
-        pruners = dict(neuron_pruners)
-        pruners.update(self.customized_pruners)
-        DG = tp.DependencyGraph()
-        try:
-            with preserve_training_mode(model), _removing_leaked_hooks(model):
-                DG.build_dependency(model, x, forward_fn=self.forward_fn, customized_pruners=pruners, verbose=False)
-        finally:
-            functional.reset_net(model)
-        repair_time_dimension(DG)
-        neuron_pruner = next(iter(neuron_pruners.values()), None)
-        return DG, neuron_pruner
+        return build_graph(self.model, self.dummy_input, self.forward_fn, self.customized_pruners)
 
     @staticmethod
     def _removed_by_masks(module: nn.Module, masks: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
@@ -195,15 +291,9 @@ class ModelSpeedup:
         names = {m: n for n, m in model.named_modules()}
         DG, neuron_pruner = self._build_graph()
 
-        verify = self.verify_atol is not None
-        dtypes = float_dtypes(model)
-        saved_data = {p: p.data for p in model.parameters()}
-        snapshot = ModuleSnapshot(model, DG, neuron_pruner) if neuron_pruner is not None else None
-        if snapshot is None:
-            snapshot = ModuleSnapshot(model, DG, _NoNeuronPruner())
-        inputs = to_double(self.dummy_input)
-        try:
-            model.double()
+        with RemovalTransaction(model, DG, neuron_pruner, inputs=self.dummy_input, forward_fn=self.forward_fn,
+                                verify_atol=self.verify_atol) as removal:
+            model.double()  # masks are applied and input channels found in float64 even when not verifying
             for module, targets in masks.items():
                 for target, keep in targets.items():
                     t = getattr(module, target)
@@ -224,7 +314,10 @@ class ModelSpeedup:
             hooks = [m.register_forward_pre_hook(record) for m in model.modules()
                      if isinstance(m, (ops.TORCH_CONV, ops.TORCH_LINEAR))]
             try:
-                reference = eval_outputs(self.model, inputs, self.forward_fn)
+                if removal.verifying:
+                    removal.record_reference()
+                else:
+                    eval_outputs(model, to_double(self.dummy_input), self.forward_fn)
             finally:
                 for h in hooks:
                     h.remove()
@@ -233,28 +326,7 @@ class ModelSpeedup:
             for root, idxs in plan:
                 pruner = DG.get_pruner_of_module(root)
                 DG.get_pruning_group(root, pruner.prune_out_channels, idxs).prune()
-            functional.reset_net(model)
-
-            if verify:
-                after = eval_outputs(self.model, inputs, self.forward_fn)
-                if len(after) != len(reference) or any(a.shape != b.shape for a, b in zip(reference, after)):
-                    raise RuntimeError("the pruned model's outputs have other shapes than the masked model's; "
-                                       "the model was restored")
-                diff = max(((a - b).abs().max().item() for a, b in zip(reference, after) if a.numel()), default=0.0)
-                if not diff <= self.verify_atol:
-                    raise RuntimeError(
-                        f"the pruned model's outputs differ from the masked model's by {diff:.3g} (> verify_atol="
-                        f"{self.verify_atol}); the model was restored. Please report this architecture; "
-                        f"use verify_atol=None to skip the check")
-        except BaseException:
-            snapshot.restore()
-            for p, data in saved_data.items():
-                p.data = data
-            restore_dtypes(model, dtypes)
-            functional.reset_net(model)
-            raise
-        restore_dtypes(model, dtypes)
-        functional.reset_net(model)
+            removal.verify()
         self._warn(constant_layers, coupled_layers)
         return model
 
@@ -402,10 +474,3 @@ class ModelSpeedup:
             + "; ".join(parts) + ". Fix: mask the BatchNorm weight AND bias too (NNI never applies its BN bias "
             "masks), mask coupled layers alike (NNI dependency-aware config), or use sca_plugin's pruner, whose "
             "masks include the BatchNorm bias.", stacklevel=3)
-
-
-class _NoNeuronPruner:
-    """Stands in for the neuron pruner in ``ModuleSnapshot`` when the model has no spiking neurons."""
-
-    def __init__(self) -> None:
-        self._channels: dict = {}
