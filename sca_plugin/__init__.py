@@ -11,7 +11,7 @@ from .activity import MembraneActivityRecorder
 from .graph import SpikingMetaPruner, repair_time_dimension, replay_pruning, spiking_neuron_pruners
 from .importance import SCAImportance
 from .neurons import SpikingNeuronPruner, is_spiking_neuron, register_charge_function, register_neuron_class
-from .pruner import SCAPruner
+from .pruner import NonFiniteStatisticsError, SCAPruner
 from .reporting import count_macs, count_parameters, pruning_report
 from .schedule import sparsity_at
 from .sdsnn import SDSNNImportance, SDSNNPruner
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SCAImportance",
     "SCAPruner",
+    "NonFiniteStatisticsError",
     "SDSNNImportance",
     "SDSNNPruner",
     "SpikingMetaPruner",

@@ -38,7 +38,8 @@ import torch.nn as nn
 
 from spikingjelly.activation_based import neuron as sj_neuron
 
-from .neurons import charge_function_for, is_spiking_neuron, neuron_channel_dim, unsupported_reason
+from .neurons import (add_prune_listener, charge_function_for, is_spiking_neuron, neuron_channel_dim, remove_prune_listener,
+                      unsupported_reason)
 
 __all__ = ["DEFINITIONS", "MembraneActivityRecorder", "potential_sequence_source"]
 
@@ -167,6 +168,7 @@ class MembraneActivityRecorder:
         for m in neurons:
             self._handles.append(m.register_forward_pre_hook(self._pre_hook))
             self._handles.append(m.register_forward_hook(self._hook))
+        add_prune_listener(self._on_pruned)
         self.model = model
         return self
 
@@ -174,7 +176,14 @@ class MembraneActivityRecorder:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        remove_prune_listener(self._on_pruned)
         self.model = None
+
+    def _on_pruned(self, module: nn.Module, keep: torch.Tensor) -> None:
+        """Torch-Pruning removed channels of ``module`` (e.g. ``pruner.step()`` with
+        ``iterative_steps > 1``): keep the statistics of the channels that remain."""
+        if module in self.sums and self.sums[module].dim() == 1 and self.sums[module].numel() > int(keep.max()):
+            self.sums[module] = self.sums[module].index_select(0, keep.to(self.sums[module].device))
 
     def synchronize(self, order) -> None:
         """Sum the statistics over all torch.distributed processes (DDP: every process then scores

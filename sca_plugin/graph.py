@@ -73,6 +73,7 @@ def repair_time_dimension(DG: tp.DependencyGraph) -> tp.DependencyGraph:
         for dep in node.dependencies:
             dep.index_mapping = [tp_constants.INDEX_MAPPING_PLACEHOLDER, tp_constants.INDEX_MAPPING_PLACEHOLDER]
     tp_index_mapping.update_index_mapping(DG)
+    DG._sca_time_repaired = True  # SCAImportance refuses groups of an unrepaired multi-step graph
     return DG
 
 

@@ -106,6 +106,14 @@ class SCAImportance(tp.importance.Importance):
         members = group_members(group, is_spiking_neuron)
         if not members:
             return None  # no spiking neuron in this group: nothing to score
+        DG = getattr(group, "_DG", None)
+        if DG is not None and not getattr(DG, "_sca_time_repaired", False) \
+                and any(getattr(m, "step_mode", "s") == "m" for m in members):
+            raise RuntimeError(
+                "this multi-step network's dependency graph was not repaired for the time dimension, so its channel "
+                "groups are wrong (Torch-Pruning takes the time loop for a channel split): call "
+                "sca_plugin.repair_time_dimension(pruner.DG) right after building a tp.pruner.MetaPruner, or use "
+                "sca_plugin.SpikingMetaPruner, which does it (build the pruner again: Torch-Pruning has counted this step)")
         scores = {m: self.recorder.score(m) for m in members}
         if all(s is None for s in scores.values()):
             raise RuntimeError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import inspect
 import weakref
-from typing import Callable, Dict, Iterable, Optional, Sequence, Type
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Type
 
 import torch
 import torch.nn as nn
@@ -64,6 +64,21 @@ def neuron_channel_dim(module: nn.Module) -> int:
     """Channel dimension of a neuron's input: 2 for time-major multi-step ``[T, B, C, ...]``, else 1."""
     step_mode = getattr(module, "step_mode", "m" if isinstance(module, sj_base.MultiStepModule) else "s")
     return 2 if step_mode == "m" else 1
+
+
+#: called as ``f(neuron, kept_channel_indices)`` whenever a neuron's channels are removed, so that
+#: per-channel statistics follow Torch-Pruning's own pruning (e.g. ``iterative_steps > 1``)
+_PRUNE_LISTENERS: List[Callable[[nn.Module, torch.Tensor], None]] = []
+
+
+def add_prune_listener(listener: Callable[[nn.Module, torch.Tensor], None]) -> None:
+    if listener not in _PRUNE_LISTENERS:
+        _PRUNE_LISTENERS.append(listener)
+
+
+def remove_prune_listener(listener: Callable[[nn.Module, torch.Tensor], None]) -> None:
+    if listener in _PRUNE_LISTENERS:
+        _PRUNE_LISTENERS.remove(listener)
 
 
 class SpikingNeuronPruner(tp.pruner.BasePruningFunc):
@@ -149,6 +164,8 @@ class SpikingNeuronPruner(tp.pruner.BasePruningFunc):
                 if isinstance(sub, nn.modules.batchnorm._NormBase) and sub.num_features == n:
                     sub.num_features = len(keep)
             self._channels[layer] = len(keep)
+            for listener in list(_PRUNE_LISTENERS):
+                listener(layer, keep)
         if hasattr(layer, "reset"):
             layer.reset()  # membrane state was shaped for the old width
         return layer

@@ -26,7 +26,11 @@ from .optim import rebuild_optimizer
 from .schedule import REGROW_DECAYS, SCHEDULES, regrow_at, sparsity_at
 from .selection import MODES, Selection, select_channels
 
-__all__ = ["SCAPruner"]
+__all__ = ["SCAPruner", "NonFiniteStatisticsError"]
+
+
+class NonFiniteStatisticsError(RuntimeError):
+    """``update_masks()`` found NaN or Inf in the statistics it ranks by; nothing was changed."""
 
 _STATE_FORMAT = "sca_plugin.SCAPruner/1"
 # BasePruner arguments passed on unchanged; pruning_ratio_dict and max_pruning_ratio are SCAPruner's
@@ -426,9 +430,15 @@ class SCAPruner(SpikingMetaPruner):
         scores = []
         for root, group in self.groups:
             imp = self.importance(group)
+            name, n = self.module_names[root], len(group[0].idxs)
             if imp is None:
                 raise RuntimeError(f"importance {type(self.importance).__name__} returned None for the group of "
-                                   f"{self.module_names[root]}; ignore that layer or use another importance")
+                                   f"{name}; ignore that layer or use another importance")
+            if not isinstance(imp, torch.Tensor) or imp.dim() != 1 or imp.numel() != n:
+                shape = tuple(imp.shape) if isinstance(imp, torch.Tensor) else type(imp).__name__
+                raise ValueError(f"importance {type(self.importance).__name__} returned {shape} for the group of "
+                                 f"{name}, which has {n} channels: an Importance returns one score per channel of "
+                                 f"the group's root layer, a 1-D tensor of length {n}")
             scores.append(imp)
         growth = None
         if self.regrow_ratio > 0:
@@ -437,6 +447,9 @@ class SCAPruner(SpikingMetaPruner):
             for (_, group), s in zip(self.groups, scores):
                 g = group_channel_mean(group, grads, _is_bn)
                 growth.append(torch.zeros_like(s) if g is None else g)
+        self._check_finite(scores, "channel scores (the activity statistics since the last update)")
+        if growth is not None:
+            self._check_finite(growth, "regrowth gradients (|dL/dgamma| since the last update)")
         sparsity = self.current_sparsity_target()
         regrow = self.current_regrow_ratio()
         selection = self._select(scores, growth, sparsity, regrow)
@@ -459,6 +472,15 @@ class SCAPruner(SpikingMetaPruner):
             self.importance.reset()
         self._growth.clear()
         return selection
+
+    def _check_finite(self, values: List[torch.Tensor], what: str) -> None:
+        """Refuse NaN/Inf before any mask changes: ranking them would pick channels at random."""
+        bad = [self.module_names[root] for (root, _), v in zip(self.groups, values) if not torch.isfinite(v).all()]
+        if bad:
+            raise NonFiniteStatisticsError(
+                f"non-finite {what} for {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: a training step "
+                "diverged or a batch held NaN/Inf. The masks were left as they were; lower the learning rate, "
+                "check the data, or call importance.reset() to drop the statistics")
 
     def _select(self, scores, growth, sparsity: float, regrow: float) -> Selection:
         """One selection over all groups: the groups of ``pruning_ratio_dict`` ranked each within

@@ -6,6 +6,7 @@ written atomically), ``metrics.json``, ``model.pt`` (the finalized model as a pi
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
@@ -31,7 +32,7 @@ from .files import atomic_save, atomic_write_text, keep_previous
 from .graph import replay_pruning
 from .importance import SCAImportance
 from .optim import rebuild_optimizer
-from .pruner import SCAPruner
+from .pruner import NonFiniteStatisticsError, SCAPruner
 from .reporting import model_stats, pruning_report
 
 __all__ = ["RunError", "run_training", "build_model", "unused_model_settings", "load_finalized_model",
@@ -571,15 +572,26 @@ def _scheduler(cfg: TrainConfig, optimizer):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs)
 
 
+@contextlib.contextmanager
+def _diverged_at(epoch: int, cfg: TrainConfig):
+    """A mask update refused non-finite statistics: say which epoch, and what to change."""
+    try:
+        yield
+    except NonFiniteStatisticsError as e:
+        raise RunError(f"epoch {epoch + 1}: {e}. The run stopped (its last checkpoint is kept); try a lower "
+                       f"--lr than {cfg.lr:g}") from e
+
+
 def _train_loop(cfg, model, pruner, optimizer, scheduler, train_loader, test_loader, kind, device, first_epoch,
                 epochs_log, log, writer=None, after_epoch=None, tag="", oneshot=None) -> None:
     net = _ddp(model, device, cfg.compile)
     for epoch in range(first_epoch, cfg.epochs):
         updating = pruner is not None and _updates_in_epoch(cfg, epoch)
-        loss = _train_epoch(model, train_loader, kind, optimizer, pruner, device, cfg, updating, epoch, net)
-        scheduler.step()
-        if updating and cfg.update_interval is None:
-            pruner.update_masks()
+        with _diverged_at(epoch, cfg):
+            loss = _train_epoch(model, train_loader, kind, optimizer, pruner, device, cfg, updating, epoch, net)
+            scheduler.step()
+            if updating and cfg.update_interval is None:
+                pruner.update_masks()
         if updating and epoch + 1 < cfg.epochs and not _updates_in_epoch(cfg, epoch + 1):
             pruner.fix_masks()  # the remaining epochs train the final structure
         if oneshot is not None and _updates_in_epoch(cfg, epoch):

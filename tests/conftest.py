@@ -83,3 +83,17 @@ def masked_copy(model, masks):
                 if mask is not None and t is not None:
                     t.mul_(mask.to(t.dtype))
     return ref
+
+
+def trained_digits_pruner(digits_batch, **kw):
+    """A small digits_cnn with an SCAPruner after two training steps and one mask update."""
+    from sca_plugin import SCAPruner
+    from sca_plugin.models import digits_cnn
+
+    x, y = digits_batch
+    torch.manual_seed(0)
+    model = digits_cnn(T=2, width=0.5)
+    pruner = SCAPruner(model, x[:2], ignored_layers=[model.classifier], pruning_ratio=0.5, **kw)
+    train_steps(model, x, y, 2, pruner)
+    pruner.update_masks()
+    return model, pruner
