@@ -31,6 +31,7 @@ from torch_pruning.dependency import constants as tp_constants
 from spikingjelly.activation_based import functional
 
 from .neurons import SpikingNeuronPruner, is_spiking_neuron, neuron_types_in
+from .rollback import RemovalTransaction, map_tensors
 
 __all__ = [
     "build_graph",
@@ -138,13 +139,7 @@ def autograd_for_tracing() -> Iterator[None]:
 def traceable(inputs: Any) -> Any:
     """``inputs`` with inference tensors (made under ``torch.inference_mode()``, which autograd cannot
     record) replaced by ordinary copies; other values unchanged. Call inside :func:`autograd_for_tracing`."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs.clone() if inputs.is_inference() else inputs
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(traceable(x) for x in inputs)
-    if isinstance(inputs, dict):
-        return {k: traceable(v) for k, v in inputs.items()}
-    return inputs
+    return map_tensors(lambda t: t.clone() if t.is_inference() else t, inputs)
 
 
 def _call(model: nn.Module, example_inputs: Any, forward_fn=None):
@@ -254,8 +249,6 @@ def replay_pruning(model: nn.Module, example_inputs: Any, history, forward_fn=No
     replay the history, then ``load_state_dict``. A history that does not fit the model raises
     and leaves the model unchanged.
     """
-    from .rollback import RemovalTransaction
-
     DG, neuron_pruner = build_graph(model, example_inputs, forward_fn)
     with RemovalTransaction(model, DG, neuron_pruner):
         DG.load_pruning_history(history)

@@ -327,10 +327,7 @@ class SCAPruner(SpikingMetaPruner):
     def _install(self) -> None:
         if isinstance(self.importance, SCAImportance):
             self.importance.attach(self.model)
-        self._install_growth_hooks()
-        self._masker.straight_through = not self.fixed
-        for i, keep in enumerate(self.masks):
-            self._apply_mask(i, keep)
+        self._set_fixed(self.fixed)
 
     def _uninstall(self) -> None:
         if isinstance(self.importance, SCAImportance):

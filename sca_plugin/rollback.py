@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from spikingjelly.activation_based import functional
 
-__all__ = ["ModuleSnapshot", "RemovalTransaction", "float_dtypes", "restore_dtypes", "to_double"]
+__all__ = ["ModuleSnapshot", "RemovalTransaction", "float_dtypes", "map_tensors", "restore_dtypes", "to_double"]
 
 
 def float_dtypes(model: nn.Module) -> Dict[str, torch.dtype]:
@@ -34,14 +34,19 @@ def restore_dtypes(model: nn.Module, dtypes: Dict[str, torch.dtype]) -> None:
             t.data = t.data.to(dtypes[name])
 
 
-def to_double(inputs: Any) -> Any:
+def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], inputs: Any) -> Any:
+    """``inputs`` (a tensor, or lists/tuples/dicts of them) with ``fn`` applied to every tensor."""
     if isinstance(inputs, torch.Tensor):
-        return inputs.double() if inputs.is_floating_point() else inputs
+        return fn(inputs)
     if isinstance(inputs, (list, tuple)):
-        return type(inputs)(to_double(x) for x in inputs)
+        return type(inputs)(map_tensors(fn, x) for x in inputs)
     if isinstance(inputs, dict):
-        return {k: to_double(v) for k, v in inputs.items()}
+        return {k: map_tensors(fn, v) for k, v in inputs.items()}
     return inputs
+
+
+def to_double(inputs: Any) -> Any:
+    return map_tensors(lambda t: t.double() if t.is_floating_point() else t, inputs)
 
 
 class ModuleSnapshot:
