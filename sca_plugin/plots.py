@@ -243,9 +243,13 @@ def group_runs(runs: Union[RunLike, Sequence[RunLike]]) -> List[dict]:
     ``ddof=1``, 0 for a single run; None when no run of the group has an accuracy) and
     ``n_accuracy``; and the means over the group of ``parameters``, ``macs_per_step``, ``synops``
     (after pruning) and ``parameters_before``, ``macs_per_step_before``, ``synops_before`` (None
-    where no run of the group has the value).
+    where no run of the group has the value). Runs of one row whose settings differ in more than
+    the seed are told apart by :func:`sca_plugin.reporting.label_runs` (their ``method`` names the
+    settings), never averaged together.
     """
-    runs = _as_runs(runs)
+    from .reporting import label_runs
+
+    runs = label_runs(_as_runs(runs))
     buckets: Dict[tuple, List[Mapping]] = {}
     for run in runs:
         key = (str(run.get("dataset", "?")), str(run.get("model", "?")), _method(run), _ratio(run))

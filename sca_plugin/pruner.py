@@ -30,7 +30,8 @@ __all__ = ["SCAPruner", "NonFiniteStatisticsError"]
 
 
 class NonFiniteStatisticsError(RuntimeError):
-    """``update_masks()`` found NaN or Inf in the statistics it ranks by; nothing was changed."""
+    """``update_masks()`` found NaN or Inf in what it ranks by (activity statistics, regrowth gradients,
+    SD-SNN's weights); nothing was changed."""
 
 _STATE_FORMAT = "sca_plugin.SCAPruner/1"
 # BasePruner arguments passed on unchanged; pruning_ratio_dict and max_pruning_ratio are SCAPruner's

@@ -52,7 +52,7 @@ from torch_pruning import ops
 
 from .distributed import broadcast_
 from .masking import group_producers
-from .pruner import SCAPruner
+from .pruner import NonFiniteStatisticsError, SCAPruner
 
 __all__ = ["SDSNNImportance", "SDSNNPruner"]
 
@@ -266,6 +266,12 @@ class SDSNNPruner(SCAPruner):
         if self.finalized:
             raise RuntimeError("update_masks() after finalize(): the masked channels are already removed")
         self.check_model_unchanged()
+        bad = [self.module_names[m] for m in self._layers if not torch.isfinite(self.weight_of(m)).all()]
+        if bad:  # ranges, clipping and ranking by NaN/Inf weights would pick synapses at random
+            raise NonFiniteStatisticsError(
+                f"non-finite weights in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: a training step "
+                "diverged or a batch held NaN/Inf. The masks were left as they were; lower the learning rate "
+                "or check the data")
         e = self.num_updates
         regrown = pruned = 0
         if e == 0:

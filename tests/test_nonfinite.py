@@ -7,7 +7,7 @@ import torch_pruning as tp
 from spikingjelly.activation_based import functional
 
 from conftest import train_steps, trained_digits_pruner
-from sca_plugin import NonFiniteStatisticsError, SCAPruner
+from sca_plugin import NonFiniteStatisticsError, SCAPruner, SDSNNPruner
 from sca_plugin.config import TrainConfig
 from sca_plugin.models import digits_cnn
 from sca_plugin.runner import RunError, run_training
@@ -50,3 +50,21 @@ def test_a_diverged_run_says_which_epoch_and_what_to_change(tmp_path):
                                      progress=False, output_dir=str(tmp_path / "run")))
     with pytest.raises(RunError, match=r"epoch \d+: non-finite .* try a lower --lr than 1e\+12"):
         run_training(cfg, log=lambda s: None)
+
+
+def test_sdsnn_refuses_non_finite_weights_and_changes_nothing():
+    torch.manual_seed(0)
+    model = digits_cnn(T=2, width=0.25)
+    x = torch.rand(2, 6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    pruner = SDSNNPruner(model, x, ignored_layers=[model.classifier], N=1)
+    pruner.update_masks()
+    masks = [k.clone() for k in pruner.masks]
+    with torch.no_grad():
+        model.features[3].weight[0, 0, 0, 0] = float("inf")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteStatisticsError, match=r"non-finite weights in features.3.*masks were left as they were"):
+        pruner.update_masks()
+    assert all(torch.equal(a, b) for a, b in zip(masks, pruner.masks))
+    assert pruner.num_updates == 1 and len(pruner.history) == 1
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # inf compares equal to itself

@@ -137,6 +137,23 @@ def test_group_runs_dense_at_ratio_zero_and_order():
         ("dense", 0.0), ("sca", 0.5), ("sca", 0.8), ("l1", 0.5)]
 
 
+def test_group_runs_called_directly_separates_runs_whose_settings_differ(tmp_path):
+    """Called from Python (not through ``sca-prune report``), runs of one method and ratio whose
+    settings differ are two labelled groups, not one average (issue 12, item 13)."""
+    runs = []
+    for seed, global_pruning, acc in ((0, True, 0.9), (1, True, 0.8), (0, False, 0.3)):
+        run = metrics("sca", 0.5, seed, accuracy=acc)
+        run["config"] = {"method": "sca", "pruning_ratio": 0.5, "seed": seed, "global_pruning": global_pruning}
+        runs.append(run)
+    groups = group_runs(runs)
+    assert [(g["method"], g["n"]) for g in groups] == [("sca (global_pruning=False)", 1), ("sca (global_pruning=True)", 2)]
+    assert groups[1]["accuracy_mean"] == pytest.approx(0.85)
+    paths = plots.make_report(runs, tmp_path / "rep", verbose=False)
+    table = (tmp_path / "rep" / "report.md").read_text()
+    assert "| sca (global_pruning=False) |" in table and "| sca (global_pruning=True) |" in table
+    assert paths[-1].name == "report.md"
+
+
 def test_plot_accuracy_vs_ratio(run_dirs, tmp_path):
     p = plot_accuracy_vs_ratio(load_runs(run_dirs), tmp_path / "out" / "acc.png")
     assert p == tmp_path / "out" / "acc.png"
