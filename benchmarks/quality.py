@@ -191,11 +191,12 @@ def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, wo
         metrics = _finished(item, results_dir)
         if metrics is not None:
             saved = json.loads(metrics.read_text()).get("config", {})
-            try:  # settings added since that run was made count with their defaults
-                saved = TrainConfig.from_dict({k: v for k, v in saved.items() if k not in RUN_FREE_FIELDS}).to_dict()
+            try:  # settings added since that run was made count with their defaults; defaults that
+                # depend on other settings count as the values the run used
+                saved = TrainConfig.from_dict({k: v for k, v in saved.items() if k not in RUN_FREE_FIELDS}).effective_dict()
             except ConfigError:
                 pass
-            want = item["config"].to_dict()
+            want = item["config"].effective_dict()
             diff = sorted(k for k in _comparable(want) if saved.get(k) != want[k])
             if diff:
                 raise ConfigError(f"{metrics} is a finished run made with other settings ({', '.join(diff)}); "
@@ -426,6 +427,9 @@ def _schedule(run: Dict[str, Any]) -> str:
         what = f"one-shot after epoch {c.effective_oneshot_epoch}, then fine-tuning"
     else:
         what = f"dynamic: masks updated each epoch for {c.epochs - c.effective_fixed_mask_epochs} of {c.epochs} epochs"
+        if c.effective_schedule != "constant" and (c.effective_ramp_updates or 2) > 1:  # a 1-update ramp is constant
+            what += (f", target reached by a {c.effective_schedule} ramp over "
+                     f"{c.effective_ramp_updates or '?'} updates")
     return "; ".join([what, rank] + extra)
 
 

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional
 
 from .masking import MASKINGS
 from .regrowth import REGROW_SIGNALS
+from .schedule import SCHEDULES
 from .selection import MODES
 
 __all__ = ["METHODS", "NNI_METHODS", "EMERGENT_SPARSITY", "DYNAMIC_METHODS", "PRESETS", "RUN_FREE_FIELDS",
@@ -37,7 +38,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "paper": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "optimizer": "sgd", "lr_schedule": "step",
               "lr_step_size": 100, "lr_gamma": 0.1, "batch_size": 64, "neuron": "if", "l1": 3e-5,
               "global_pruning": True, "mode": "rebuild", "masking": "soft", "regrow_signal": "last",
-              "fixed_mask_epochs": 0, "max_pruning_ratio": 1.0, "regrow_decay": "constant"},
+              "fixed_mask_epochs": 0, "max_pruning_ratio": 1.0, "regrow_decay": "constant", "schedule": "constant"},
 }
 
 
@@ -122,8 +123,8 @@ class TrainConfig:
     masking: str = field(default="reset", metadata={"help": "reset (forward mask, masked channels' BatchNorm weight and bias zeroed at every update), reset-filters (filter rows zeroed too), soft (reference code: zeroed at every update, reviving in between) or mask (forward mask only; parameters drift; ablation)"})
     regrow_signal: str = field(default="mean", metadata={"help": "mean (|dL/dgamma| averaged since the last update) or last (the last batch's, as the reference code)"})
     max_pruning_ratio: Optional[float] = field(default=None, metadata={"help": "no layer loses more than this fraction of its channels (default (1 + pruning_ratio) / 2; 1 lifts the cap)"})
-    schedule: str = field(default="constant", metadata={"help": "constant, linear or cubic sparsity schedule"})
-    ramp_updates: int = field(default=1, metadata={"help": "mask updates over which linear/cubic ramp to the target"})
+    schedule: Optional[str] = field(default=None, metadata={"help": "constant (paper: the full target from the first update), linear or cubic (AGP) ramp to the target; default cubic for the dynamic sca methods, constant otherwise (measured: README, Long-budget quality)"})
+    ramp_updates: Optional[int] = field(default=None, metadata={"help": "mask updates over which a linear/cubic schedule ramps to the target (default: those of the first quarter of the epochs)"})
     update_interval: Optional[int] = field(default=None, metadata={"help": "update masks every N steps (default: once per epoch)"})
     oneshot_epoch: Optional[int] = field(default=None, metadata={"help": "prune once after this epoch, then fine-tune (no further updates); nni-* methods default to max(1, epochs // 4)"})
     nni_training_steps: int = field(default=50, metadata={"help": "nni-slim / nni-taylor: training steps NNI runs at the one-shot epoch to score channels (extra to --epochs)"})
@@ -197,8 +198,15 @@ class TrainConfig:
             raise bad(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         if self.optimizer not in ("sgd", "adam"):
             raise bad(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise bad(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.schedule not in (None, "constant") and (self.oneshot_epoch is not None
+                                                        or self.method not in DYNAMIC_METHODS or self.method == "sdsnn"):
+            raise bad(f"--schedule {self.schedule} ramps the sparsity over many mask updates, but method "
+                      f"{self.method!r}{' with --oneshot-epoch' if self.oneshot_epoch is not None else ''} "
+                      "prunes once (or never): drop --schedule")
         for name in ("epochs", "batch_size", "time_steps", "ramp_updates", "nni_training_steps", "lr_step_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise bad(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.pruning_ratio < 1.0:
             raise bad(f"pruning_ratio must be in [0, 1), got {self.pruning_ratio}")
@@ -231,6 +239,39 @@ class TrainConfig:
         if self.fixed_mask_epochs is not None:
             return self.fixed_mask_epochs
         return max(1, self.epochs // 6)
+
+    @property
+    def effective_schedule(self) -> str:
+        """Cubic for the dynamic SCA methods (SCA and its prune-only ablation), which measured better
+        pruning gradually than at the full target from the first epoch; constant (the paper's) for
+        the other methods (BN-scale measured worse with the ramp) and for one-shot pruning."""
+        if self.schedule is not None:
+            return self.schedule
+        if self.method in ("sca", "sca-prune-only") and self.oneshot_epoch is None:
+            return "cubic"
+        return "constant"
+
+    @property
+    def effective_ramp_updates(self) -> Optional[int]:
+        """The updates of the first quarter of the epochs (when the NNI rows prune once) for a
+        ramping schedule; None where that depends on the steps per epoch (``update_interval``:
+        the runner counts them)."""
+        if self.ramp_updates is not None:
+            return self.ramp_updates
+        if self.effective_schedule == "constant":
+            return 1
+        return max(1, self.epochs // 4) if self.update_interval is None else None
+
+    def effective_dict(self) -> Dict[str, Any]:
+        """``to_dict()`` with every setting whose default depends on others (``schedule``,
+        ``regrow_ratio``, ``global_pruning``, ``fixed_mask_epochs``, ...) replaced by the value a run
+        uses: what tells two runs apart (reports, benchmark reuse)."""
+        values = self.to_dict()
+        for name in values:
+            effective = getattr(self, f"effective_{name}", None)
+            if effective is not None:
+                values[name] = effective
+        return values
 
     @property
     def effective_sdsnn_n(self) -> int:

@@ -156,11 +156,7 @@ def run_settings(run: Mapping) -> Dict[str, Any]:
     except ConfigError:  # a config this version cannot read: compare what was stored
         values = config
     else:
-        values = cfg.to_dict()
-        for name in values:
-            effective = getattr(cfg, f"effective_{name}", None)
-            if effective is not None:
-                values[name] = effective
+        values = cfg.effective_dict()
     return {k: v for k, v in values.items() if k not in REPORT_FREE_FIELDS}
 
 

@@ -185,7 +185,7 @@ def build_pruner(cfg: TrainConfig, model: nn.Module, example: Any, steps_per_epo
     return SCAPruner(model, example, importance=importance, pruning_ratio=cfg.pruning_ratio, regrow_ratio=regrow,
                      global_pruning=cfg.effective_global_pruning, ignored_layers=[_classifier(model)], l1=cfg.l1,
                      bn_l1=cfg.effective_bn_l1,
-                     mode=cfg.mode, schedule=cfg.schedule, ramp_updates=cfg.ramp_updates,
+                     mode=cfg.mode, schedule=cfg.effective_schedule, ramp_updates=_ramp_updates(cfg, steps_per_epoch),
                      update_interval=cfg.update_interval, regrow_decay=cfg.regrow_decay,
                      masking=cfg.masking, regrow_signal=cfg.regrow_signal, max_pruning_ratio=cfg.max_pruning_ratio,
                      regrow_decay_updates=_last_update(cfg, steps_per_epoch) if cfg.regrow_decay == "cosine" else None)
@@ -208,6 +208,13 @@ def _check_method(cfg: TrainConfig, model: nn.Module, example: Any, steps_per_ep
         _nni_pruning(cfg, model, example)
     else:
         build_pruner(cfg, model, example, steps_per_epoch)
+
+
+def _ramp_updates(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """``cfg.effective_ramp_updates``; with ``update_interval`` the updates of the first quarter of the epochs."""
+    if cfg.effective_ramp_updates is not None:
+        return cfg.effective_ramp_updates
+    return max(1, (max(1, cfg.epochs // 4) * steps_per_epoch) // cfg.update_interval)
 
 
 def _last_update(cfg: TrainConfig, steps_per_epoch: int) -> int:

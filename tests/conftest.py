@@ -1,6 +1,7 @@
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
@@ -30,6 +31,37 @@ def outputs(model, x):
     functional.reset_net(model)
     model.train(was)
     return out
+
+
+def assert_not_silent(out, what="the network"):
+    """``out`` (batch first) differs between samples: a network silent at some layer gives every
+    sample the same output (the classifier's bias), which would make an output comparison vacuous.
+    Needs at least two different inputs in the batch."""
+    flat = out.reshape(out.shape[0], -1)
+    assert flat.shape[0] >= 2, "give at least two different inputs to check that the network responds to them"
+    assert (flat - flat[:1]).abs().max() > 0, f"{what} gives every input the same output (silent): the comparison would prove nothing"
+
+
+def excite(model, x, seed=0):
+    """Eval-mode BatchNorm statistics from ``x`` and positive shifts, so that every layer spikes
+    (a freshly initialised deep SNN is often silent in eval mode, which would make comparisons vacuous)."""
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average over the calibration pass
+            m.reset_running_stats()
+    with torch.no_grad():
+        model(x)
+    functional.reset_net(model)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.1
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.8)
+    model.eval()
+    return model
 
 
 def snapshot(model):

@@ -25,7 +25,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from conftest import outputs  # noqa: E402
+from conftest import excite, outputs  # noqa: E402
 from sca_plugin import SCAPruner  # noqa: E402
 from sca_plugin.models.base import SpikingNet  # noqa: E402
 from sca_plugin.models.blocks import BasicBlock, PreActBlock, conv_bn_sn  # noqa: E402
@@ -133,15 +133,26 @@ def implied_parameter_count(pruner: SCAPruner) -> int:
     return total
 
 
-def check(arch: dict, mask: dict) -> None:
+def responds(out: torch.Tensor) -> bool:
+    """The network's output differs between its inputs (it is neither silent nor saturated)."""
+    flat = out.reshape(out.shape[0], -1)
+    return bool((flat - flat[:1]).abs().max() > 0)
+
+
+def check(arch: dict, mask: dict) -> bool:
+    """Masked == finalized, exactly, and the parameter count the masks imply; returns whether the
+    masked network responds to its input (else the equality proved little)."""
     torch.manual_seed(mask["seed"])
     model = RandomSNN(arch["stem"], arch["blocks"], arch["neuron"], arch["step_mode"])
-    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(mask["seed"]))
-    with torch.no_grad():  # BN statistics with both signs: BN(0) of a masked channel would make it fire
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(mask["seed"])) * 3
+    # BN statistics of the data (BN(0) of a channel then has either sign: a masked channel that kept
+    # its shift would fire), scales and shifts at which layers spike without saturating, so that
+    # the network's output depends on its input and the equality below is not vacuous
+    excite(model, x, seed=mask["seed"])
+    with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.bias.uniform_(-0.3, 0.3)
+                m.bias.sub_(0.3)
     model.eval()
     pruner = SCAPruner(model, x, importance=tp.importance.RandomImportance(), pruning_ratio=mask["ratio"],
                        regrow_ratio=0.0, global_pruning=mask["global"], ignored_layers=[model.classifier])
@@ -153,13 +164,24 @@ def check(arch: dict, mask: dict) -> None:
     pruner.finalize()
     torch.testing.assert_close(outputs(model, x.double()), masked, atol=1e-9, rtol=0)
     assert sum(p.numel() for p in model.parameters()) == expected_params
+    return responds(masked)
 
 
-@settings(max_examples=100, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(arch=architectures, mask=masks)
-def test_random_architectures_finalize_exactly(arch, mask):
-    check(arch, mask)
+def test_random_architectures_finalize_exactly():
+    """The property on 100 random architectures and masks. A network that gives every input the same
+    output (silent, or saturated) would make its equality vacuous, so most of them must respond to
+    their input; some cannot (one channel left per layer, two pooling stages on 8x8 inputs)."""
+    seen = {"total": 0, "responding": 0}
+
+    @settings(max_examples=100, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(arch=architectures, mask=masks)
+    def prop(arch, mask):
+        seen["total"] += 1
+        seen["responding"] += check(arch, mask)
+
+    prop()
+    assert seen["responding"] >= 0.7 * seen["total"], seen  # 74 of 100 respond (derandomized)
 
 
 # ---- fixed architectures (and any minimal failing example hypothesis reports), as regular tests
@@ -169,4 +191,6 @@ def test_random_architectures_finalize_exactly(arch, mask):
      {"seed": 1, "ratio": 0.6, "global": False}),
 ])
 def test_regressions(arch, mask):
+    # pinned for the equality they once broke; the second keeps one channel per layer and gives its
+    # three inputs the same output, so the response is not required of these two
     check(arch, mask)

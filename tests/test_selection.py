@@ -90,11 +90,19 @@ def test_round_to_is_respected():
     assert channel_floor(3, 1, 4) == 3 and channel_floor(16, 5, 4) == 8
 
 
-def test_ties_are_broken_deterministically():
-    scores = [torch.zeros(10)]
-    a = select_channels(scores, None, None, 0.5, 0.0)
-    b = select_channels(scores, None, None, 0.5, 0.0)
-    assert torch.equal(a.keep[0], b.keep[0])
+def test_ties_are_broken_by_index():
+    """Equal scores: the lower channel index is kept (documented in ``_order``), within a group and
+    across groups in the global ranking (lower group first)."""
+    a = select_channels([torch.zeros(10)], None, None, 0.5, 0.0)
+    assert a.keep[0].tolist() == [True] * 5 + [False] * 5
+    scores = [torch.tensor([1.0, 2.0, 2.0, 1.0]), torch.tensor([2.0, 1.0, 1.0, 2.0])]
+    b = select_channels(scores, None, None, 0.5, 0.0, global_ranking=True, max_pruning_ratio=1.0, min_channels=0)
+    # four channels scored 2.0 tie for the four places
+    assert b.keep[0].tolist() == [False, True, True, False] and b.keep[1].tolist() == [True, False, False, True]
+    c = select_channels([torch.tensor([1.0, 1.0, 1.0, 0.5]), torch.tensor([1.0, 1.0, 0.5, 0.5])], None, None,
+                        0.5, 0.0, global_ranking=True, max_pruning_ratio=1.0, min_channels=0)
+    # five channels tie at 1.0 for four places: the one of the highest index (group 1, channel 1) loses
+    assert c.keep[0].tolist() == [True, True, True, False] and c.keep[1].tolist() == [True, False, False, False]
 
 
 def test_schedules():
