@@ -95,6 +95,10 @@ def check_png(path, min_bytes=5000):
     img = imread(str(path))
     h, w = img.shape[:2]
     assert 500 <= w <= 2500 and 400 <= h <= 2500, (w, h)
+    # data were drawn: empty axes are black, white and grey only; every series is drawn in a colour
+    rgb = img[..., :3]
+    colored = float(((rgb.max(-1) - rgb.min(-1)) > 0.2).mean())
+    assert colored > 1e-3, f"{path.name}: no coloured pixel (empty axes?)"
     return w, h
 
 
@@ -283,3 +287,18 @@ def test_cli(run_dirs, tmp_path, capsys):
     assert (tmp_path / "cli" / "report.md").exists()
     assert plots.main([str(tmp_path / "nothing"), "-o", str(tmp_path / "cli2")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_check_png_fails_for_empty_axes(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=100)
+    ax.set_xlabel("pruning ratio")
+    ax.set_title("nothing drawn")
+    fig.savefig(tmp_path / "empty.png")
+    plt.close(fig)
+    with pytest.raises(AssertionError, match="no coloured pixel"):
+        check_png(tmp_path / "empty.png", min_bytes=0)
