@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import layer, neuron
 
+# the CLI rows give `--model test_bad_inputs:fixed_snn`, a user's module importable from its folder
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import assert_unchanged, snapshot, train_steps  # noqa: E402
+from tests.helpers import assert_unchanged, snapshot, train_steps  # noqa: E402
 
 from sca_plugin import SCAImportance, SCAPruner, SDSNNPruner  # noqa: E402
 from sca_plugin.cli import main as cli  # noqa: E402

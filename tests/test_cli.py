@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from conftest import assert_not_silent, outputs64
+from tests.helpers import assert_not_silent, outputs64
 from sca_plugin.cli import main
 from sca_plugin.config import TrainConfig
 from sca_plugin.runner import run_training

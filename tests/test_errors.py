@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import layer, neuron
 
-from conftest import assert_unchanged, snapshot, train_steps
+from tests.helpers import assert_unchanged, snapshot, train_steps
 from sca_plugin import SCAImportance, SCAPruner
 from sca_plugin.models import digits_cnn
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron as sj_neuron
 
-from conftest import assert_not_silent, assert_unchanged, excite, outputs, snapshot, train_steps
+from tests.helpers import assert_not_silent, assert_unchanged, excite, outputs, snapshot, train_steps
 from sca_plugin import SCAPruner
 from sca_plugin.export import (EXPORT_FORMATS, PlainNeuron, export_nir, export_run, fuse_batchnorm, import_nir,
                                plain_torch_copy)

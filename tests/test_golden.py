@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from nni.compression import TorchEvaluator
 from spikingjelly.activation_based import functional
 
-from conftest import train_steps
+from tests.helpers import train_steps
 from sca_plugin import SCAPruner, SDSNNPruner
 from sca_plugin.models import digits_cnn, resnet19
 from sca_plugin.nni import ModelSpeedup, NNIBuiltinPruning

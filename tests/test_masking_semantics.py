@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from conftest import outputs, train_steps
+from tests.helpers import outputs, train_steps
 from sca_plugin import SCAPruner
 from sca_plugin.masking import channel_parameters
 from sca_plugin.models import digits_cnn, preact_resnet18

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron
 
-from conftest import assert_unchanged, snapshot, train_steps
+from tests.helpers import assert_unchanged, snapshot, train_steps
 from sca_plugin import SCAPruner
 from sca_plugin.metrics import spiking_metrics
 from sca_plugin.models import digits_cnn

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
-from conftest import assert_unchanged, outputs64, snapshot, train_steps
+from tests.helpers import assert_unchanged, outputs64, snapshot, train_steps
 from sca_plugin import SCAPruner
 
 C, T = 4, 2

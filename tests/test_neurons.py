@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import layer, neuron
 
-from conftest import outputs, train_steps
+from tests.helpers import outputs, train_steps
 from sca_plugin import SCAPruner, is_spiking_neuron, register_neuron_class
 from sca_plugin import neurons
 from sca_plugin.neurons import NEURON_BASE_CLASSES, SpikingNeuronPruner
@@ -139,7 +139,7 @@ def test_neurons_with_eval_mode_heaviside_are_traced(make, mode, train_mode):
 def test_first_step_blind_neuron_with_one_time_step_gets_the_true_reason():
     """A resonate-and-fire neuron's spike reacts to its input one step later: with T=1 no channel
     influences the output. Regression: the pruner said "every convolution is ignored"."""
-    from conftest import assert_unchanged, snapshot
+    from tests.helpers import assert_unchanged, snapshot
 
     net = PlainNet(lambda: neuron.RAFNode(), "m", steps=1)
     x = torch.rand(2, 1, 4, 4) * 3
@@ -171,7 +171,7 @@ def test_neuron_with_a_batchnorm_inside_is_sliced():
     """MPBNLIFNode normalises its membrane potential with a BatchNorm submodule (vbn) whose
     per-channel parameters and running statistics must follow the pruned channels (regression:
     finalize() failed with "running_mean should contain 2 elements not 4")."""
-    from conftest import outputs64
+    from tests.helpers import outputs64
 
     torch.manual_seed(0)
     from test_neuron_classes import excite
@@ -200,7 +200,7 @@ def test_neuron_with_a_batchnorm_inside_is_sliced():
 def test_per_channel_thresholds_follow_the_pruned_channels(mode):
     """ActivationAwareIFNode with a threshold and an offset per channel (channel_dim=1 of a step's
     [B, C, H, W]): the buffers are sliced with the channels and the pruned model equals the masked one."""
-    from conftest import outputs64
+    from tests.helpers import outputs64
     from test_neuron_classes import excite
 
     torch.manual_seed(0)
@@ -225,7 +225,7 @@ def test_per_channel_thresholds_follow_the_pruned_channels(mode):
 def test_reference_models_take_simple_neuron_classes_with_the_sca_defaults():
     """``neuron=SimpleIFNode`` gets the SCA defaults (detach_reset, Sigmoid(alpha=4)) like
     ``neuron=IFNode``, and the multi-step model prunes (its potentials are replayed)."""
-    from conftest import outputs64
+    from tests.helpers import outputs64
     from sca_plugin.models import digits_cnn
 
     torch.manual_seed(0)

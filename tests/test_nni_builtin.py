@@ -18,7 +18,7 @@ from sca_plugin.nni import NNIBuiltinPruning  # noqa: E402
 from sca_plugin.reporting import model_stats  # noqa: E402
 from sca_plugin.runner import run_training  # noqa: E402
 
-from conftest import assert_unchanged, masked_copy, outputs64, snapshot  # noqa: E402
+from tests.helpers import assert_unchanged, masked_copy, outputs64, snapshot  # noqa: E402
 
 
 def _x(T=2, B=4, C=1, H=8):

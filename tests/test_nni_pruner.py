@@ -12,7 +12,7 @@ from nni.compression.pruning import AGPPruner, LinearPruner
 from spikingjelly.activation_based import functional, neuron
 from spikingjelly.activation_based.model import parametric_lif_net
 
-from conftest import masked_copy, outputs64
+from tests.helpers import masked_copy, outputs64
 from sca_plugin import SCAPruner as CoreSCAPruner
 from sca_plugin.graph import SpikingMetaPruner
 from sca_plugin.importance import SCAImportance

@@ -12,7 +12,7 @@ import nni  # noqa: E402
 from nni.compression import TorchEvaluator  # noqa: E402
 from spikingjelly.activation_based import functional  # noqa: E402
 
-from conftest import assert_unchanged, masked_copy, outputs, outputs64, snapshot  # noqa: E402
+from tests.helpers import assert_unchanged, masked_copy, outputs, outputs64, snapshot  # noqa: E402
 from sca_plugin import SDSNNPruner as CoreSDSNN  # noqa: E402
 from sca_plugin.models import digits_cnn  # noqa: E402
 from sca_plugin.nni import ModelSpeedup, SDSNNPruner  # noqa: E402

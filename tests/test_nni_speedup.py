@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
-from conftest import assert_unchanged, snapshot
+from tests.helpers import assert_unchanged, snapshot
 from sca_plugin.models import digits_cnn, resnet18
 from sca_plugin.nni import ModelSpeedup
 
@@ -15,7 +15,7 @@ pytest.importorskip("nni")
 import nni  # noqa: E402
 from nni.compression import TorchEvaluator  # noqa: E402
 
-from conftest import masked_copy, outputs64  # noqa: E402
+from tests.helpers import masked_copy, outputs64  # noqa: E402
 from nni.compression.pruning import FPGMPruner, L1NormPruner, L2NormPruner, SlimPruner, TaylorPruner  # noqa: E402
 
 CONV_CONFIG = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5}]

@@ -6,7 +6,7 @@ import torch
 import torch_pruning as tp
 from spikingjelly.activation_based import functional
 
-from conftest import train_steps, trained_digits_pruner
+from tests.helpers import train_steps, trained_digits_pruner
 from sca_plugin import NonFiniteStatisticsError, SCAPruner, SDSNNPruner
 from sca_plugin.config import TrainConfig
 from sca_plugin.models import digits_cnn

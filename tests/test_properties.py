@@ -25,7 +25,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from conftest import excite, outputs  # noqa: E402
+from tests.helpers import excite, outputs  # noqa: E402
 from sca_plugin import SCAPruner  # noqa: E402
 from sca_plugin.models.base import SpikingNet  # noqa: E402
 from sca_plugin.models.blocks import BasicBlock, PreActBlock, conv_bn_sn  # noqa: E402

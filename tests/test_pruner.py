@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from spikingjelly.activation_based import functional
 
-from conftest import assert_not_silent, excite, outputs, train_steps
+from tests.helpers import assert_not_silent, excite, outputs, train_steps
 from sca_plugin import SCAPruner
 from sca_plugin.importance import group_members
 from sca_plugin.models import digits_cnn, preact_resnet18, resnet18, sew_resnet, vgg16

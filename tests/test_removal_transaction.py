@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from spikingjelly.activation_based import functional, layer, neuron
 
-from conftest import assert_unchanged, outputs, snapshot, trained_digits_pruner
+from tests.helpers import assert_unchanged, outputs, snapshot, trained_digits_pruner
 from sca_plugin import SCAPruner
 from sca_plugin.graph import SpikingMetaPruner, replay_pruning
 from sca_plugin.models import digits_cnn

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, layer, neuron
 
-from conftest import train_steps
+from tests.helpers import train_steps
 from sca_plugin import SCAPruner, count_macs, count_parameters
 from sca_plugin.models import digits_cnn
 from sca_plugin.reporting import model_stats, pruning_report

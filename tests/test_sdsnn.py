@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import assert_unchanged, outputs, snapshot, train_steps
+from tests.helpers import assert_unchanged, outputs, snapshot, train_steps
 from sca_plugin import SDSNNImportance, SDSNNPruner
 from sca_plugin.models import digits_cnn, resnet19
 
