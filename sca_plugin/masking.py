@@ -118,8 +118,17 @@ class ChannelMasker:
         self._through.clear()
 
 
-def _is_bn(m: nn.Module) -> bool:
+def is_batchnorm(m: nn.Module) -> bool:
+    """A BatchNorm layer (any of torch's; the layers whose weight is the channel's scale gamma)."""
     return isinstance(m, ops.TORCH_BATCHNORM)
+
+
+def out_channels(module: nn.Module) -> int:
+    """The number of output channels of a layer whose outputs can be masked per channel."""
+    for attr in ("num_features", "out_channels", "out_features"):
+        if hasattr(module, attr):
+            return int(getattr(module, attr))
+    raise TypeError(f"cannot mask the outputs of {type(module).__name__}")
 
 
 def mask_targets(DG: tp.DependencyGraph, group, module_names: Dict[nn.Module, str]) -> List[tuple]:
@@ -129,7 +138,7 @@ def mask_targets(DG: tp.DependencyGraph, group, module_names: Dict[nn.Module, st
     output reaches nothing but BatchNorms of the same group (which zero it already, and whose
     normalised input must stay informative for the regrowth gradient).
     """
-    bns = group_members(group, _is_bn)
+    bns = group_members(group, is_batchnorm)
     targets = [(m, local, root) for m, (local, root) in bns.items()]
     for module, (local, root) in group_producers(DG, group).items():
         if not feeds_only(DG, module, set(bns), module_names):
@@ -174,7 +183,7 @@ def channel_parameters(DG: tp.DependencyGraph, group) -> List[tuple]:
     (filters) and bias of every conv/linear computing the channels (role ``"filter"``), and the
     weight and bias of every BatchNorm of the group (role ``"bn"``; ``BN(0) = beta``, so zeroing
     the scale alone would leave the channel firing)."""
-    return parameter_entries(group_producers(DG, group), group_members(group, _is_bn))
+    return parameter_entries(group_producers(DG, group), group_members(group, is_batchnorm))
 
 
 def parameter_entries(producers: Dict[nn.Module, tuple], bns: Dict[nn.Module, tuple]) -> List[tuple]:

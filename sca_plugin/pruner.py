@@ -17,7 +17,7 @@ from torch_pruning import ops
 
 from .graph import SpikingMetaPruner, reaches_output
 from .importance import SCAImportance, group_channel_mean, group_members
-from .masking import MASKINGS, ChannelMasker, channel_parameters, mask_targets, zero_channels
+from .masking import MASKINGS, ChannelMasker, channel_parameters, is_batchnorm, mask_targets, out_channels, zero_channels
 from .regrowth import REGROW_SIGNALS, GradientMagnitudes
 from .rollback import RemovalTransaction
 from .distributed import broadcast_
@@ -45,10 +45,6 @@ _CONFIG_KEYS = ("pruning_ratio", "regrow_ratio", "global_pruning", "mode", "sche
 # behaviour of the versions that wrote such states)
 _CONFIG_DEFAULTS = {"regrow_decay": "constant", "regrow_decay_updates": None, "masking": "mask",
                     "regrow_signal": "mean", "max_pruning_ratio": 1.0, "pruning_ratio_dict": {}}
-
-
-def _is_bn(m: nn.Module) -> bool:
-    return isinstance(m, ops.TORCH_BATCHNORM)
 
 
 class SCAPruner(SpikingMetaPruner):
@@ -198,7 +194,7 @@ class SCAPruner(SpikingMetaPruner):
         self.pruning_ratio_dict = ratio_dict
         self._local_ratio = self._group_ratios(ratio_dict)
         self._channel_params = [channel_parameters(self.DG, group) for _, group in self.groups]
-        self._l1_bns = sorted({m for _, group in self.groups for m in group_members(group, _is_bn)
+        self._l1_bns = sorted({m for _, group in self.groups for m in group_members(group, is_batchnorm)
                                if m.weight is not None and m not in ignored}, key=lambda m: self.module_names[m])
         self.masks: List[Optional[torch.Tensor]] = [None] * len(self.groups)
         self.num_updates = 0
@@ -315,7 +311,7 @@ class SCAPruner(SpikingMetaPruner):
                     f"the channels of {name} reach no spiking neuron, so they have no SCA score; "
                     f"add {name} to ignored_layers or use another importance")
             if self.regrow_ratio > 0 and not any(
-                    getattr(m, "weight", None) is not None for m in group_members(group, _is_bn)):
+                    getattr(m, "weight", None) is not None for m in group_members(group, is_batchnorm)):
                 raise ValueError(
                     f"the channels of {name} have no BatchNorm with a weight, but regrowth ranks masked channels "
                     f"by |dL/dgamma|; add a BatchNorm after {name}, ignore it, or use regrow_ratio=0")
@@ -340,7 +336,7 @@ class SCAPruner(SpikingMetaPruner):
         """Tensor hooks on the BatchNorm weights (the regrowth signal); they run in the autograd
         engine, outside a compiled graph, so they may come and go."""
         if self.regrow_ratio > 0 and not self.fixed:
-            bns = {m for _, group in self.groups for m in group_members(group, _is_bn) if m.weight is not None}
+            bns = {m for _, group in self.groups for m in group_members(group, is_batchnorm) if m.weight is not None}
             for bn in sorted(bns, key=lambda m: self.module_names[m]):
                 self._grad_hooks.append(bn.weight.register_hook(self._growth.hook_for(bn)))
 
@@ -364,7 +360,7 @@ class SCAPruner(SpikingMetaPruner):
         masking before the masks are fixed: the reference code zeroes channels only at updates)."""
         soft = self.masking == "soft" and not self.fixed
         for module, local, root in self._mask_targets[i]:
-            n = _out_channels(module)
+            n = out_channels(module)
             module_keep = torch.ones(n, dtype=torch.bool)
             if keep is not None and not soft:
                 module_keep[torch.tensor(local)] = keep[torch.tensor(root)]
@@ -443,7 +439,7 @@ class SCAPruner(SpikingMetaPruner):
             grads = self._growth.signal(self.regrow_signal)
             growth = []
             for (_, group), s in zip(self.groups, scores):
-                g = group_channel_mean(group, grads, _is_bn)
+                g = group_channel_mean(group, grads, is_batchnorm)
                 growth.append(torch.zeros_like(s) if g is None else g)
         self._check_finite(scores, "channel scores (the activity statistics since the last update)")
         if growth is not None:
@@ -700,8 +696,3 @@ def _param_shapes(module: nn.Module) -> Dict[str, tuple]:
     return {n.rsplit(".", 1)[-1]: tuple(p.shape) for n, p in module.named_parameters()}
 
 
-def _out_channels(module: nn.Module) -> int:
-    for attr in ("num_features", "out_channels", "out_features"):
-        if hasattr(module, attr):
-            return int(getattr(module, attr))
-    raise TypeError(f"cannot mask the outputs of {type(module).__name__}")

@@ -28,7 +28,7 @@ from torch_pruning import ops
 
 from ..graph import SpikingMetaPruner
 from ..importance import group_members
-from ..masking import group_producers
+from ..masking import group_producers, is_batchnorm
 
 __all__ = ["NNI_BUILTIN_PRUNERS", "NNIBuiltinPruning"]
 
@@ -39,10 +39,6 @@ NNI_BUILTIN_PRUNERS: Dict[str, tuple] = {
     "slim": ("SlimPruner", True),
     "taylor": ("TaylorPruner", True),
 }
-
-
-def _is_bn(m: nn.Module) -> bool:
-    return isinstance(m, ops.TORCH_BATCHNORM)
 
 
 class _Group:
@@ -98,7 +94,7 @@ class NNIBuiltinPruning:
         groups = []
         for group in DG.get_all_groups(ignored_layers=ignored, root_module_types=[ops.TORCH_CONV]):
             convs = {self.names[m]: pair for m, pair in group_producers(DG, group, (ops.TORCH_CONV,)).items()}
-            bns = {self.names[m]: pair for m, pair in group_members(group, _is_bn).items()
+            bns = {self.names[m]: pair for m, pair in group_members(group, is_batchnorm).items()
                    if getattr(m, "weight", None) is not None}
             if convs:
                 groups.append(_Group(convs, bns, len(group[0].idxs)))

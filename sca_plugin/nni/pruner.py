@@ -56,8 +56,8 @@ from nni.compression.utils.evaluator import Evaluator, Hook, TensorHook
 from ..activity import DEFINITIONS, MembraneActivityRecorder
 from ..graph import SpikingMetaPruner, reaches_output
 from ..importance import SCAImportance, group_channel_mean, group_members
-from ..masking import StraightThroughMask, mask_targets, output_channel_dim, group_producers, parameter_entries, \
-    zero_channels
+from ..masking import StraightThroughMask, group_producers, is_batchnorm, mask_targets, out_channels, \
+    output_channel_dim, parameter_entries, zero_channels
 from ..regrowth import REGROW_SIGNALS, GradientMagnitudes
 from ..neurons import is_spiking_neuron
 from ..selection import MODES, select_channels
@@ -99,8 +99,6 @@ pruning_apply_methods[DEFER_APPLY_METHOD] = sca_deferred_mask
 
 
 # ---------------------------------------------------------------------- helpers
-def _is_bn(m: nn.Module) -> bool:
-    return isinstance(m, ops.TORCH_BATCHNORM)
 
 
 def evaluator_dummy_input(evaluator: Optional[Evaluator]) -> Any:
@@ -406,7 +404,7 @@ class SCAPruner(Pruner):
             if not members:
                 continue
             output_masked = {m for m, _, _ in mask_targets(meta.DG, group, self.module_names)}
-            g = _Group(root, group, producers, group_members(group, _is_bn), output_masked)
+            g = _Group(root, group, producers, group_members(group, is_batchnorm), output_masked)
             g.configured = [configured[m][0] for m in members]
             configs = [configured[m][1] for m in members]
             names = ", ".join(g.configured)
@@ -505,7 +503,7 @@ class SCAPruner(Pruner):
                 name = self.module_names[m]
                 if name not in configured and name not in extra:
                     extra[name] = m
-                    if not _is_bn(m):
+                    if not is_batchnorm(m):
                         _logger.info("%s is coupled to %s by the dependency graph and is masked with it", name, g.rep)
         entries = [{"op_names": [name], "target_names": ["weight", "bias"]} for name in extra]
         # the layers whose outputs carry the mask during training (the core's mask targets)
@@ -595,13 +593,13 @@ class SCAPruner(Pruner):
         metrics: Dict[str, Dict[str, torch.Tensor]] = {}
         for g in self._groups:
             score = group_channel_mean(g.group, activity, is_spiking_neuron)
-            growth = group_channel_mean(g.group, grads, _is_bn) if self.regrow_ratio > 0 else None
+            growth = group_channel_mean(g.group, grads, is_batchnorm) if self.regrow_ratio > 0 else None
             if growth is None:
                 growth = torch.zeros_like(score)
             for name in g.configured:
                 local, root = g.producers[modules[name]]
-                metrics[name] = {"weight": _to_local(score, local, root, _out_channels(modules[name])),
-                                 "weight_growth": _to_local(growth, local, root, _out_channels(modules[name]))}
+                metrics[name] = {"weight": _to_local(score, local, root, out_channels(modules[name])),
+                                 "weight_growth": _to_local(growth, local, root, out_channels(modules[name]))}
         return metrics
 
     def _generate_sparsity(self, metrics: Dict[str, Dict[str, torch.Tensor]]) -> Dict[str, Dict[str, torch.Tensor]]:
@@ -673,7 +671,7 @@ class SCAPruner(Pruner):
         for g, k in zip(self._groups, keep):
             for module, (local, root) in list(g.producers.items()) + list(g.bns.items()):
                 name = self.module_names[module]
-                channel = torch.ones(_out_channels(module), dtype=torch.bool)
+                channel = torch.ones(out_channels(module), dtype=torch.bool)
                 channel[torch.tensor(local)] = k.cpu()[torch.tensor(root)]
                 for target_name, space in self._target_spaces.get(name, {}).items():
                     if space.type is TargetType.OUTPUT:
@@ -778,13 +776,6 @@ class SCAPruner(Pruner):
                         if space.type is TargetType.PARAMETER and space.target is not None and space.mask is not None:
                             space.target.mul_(space.mask)
         super().unwrap_model()
-
-
-def _out_channels(module: nn.Module) -> int:
-    for attr in ("num_features", "out_channels", "out_features"):
-        if hasattr(module, attr):
-            return int(getattr(module, attr))
-    raise TypeError(f"cannot mask the outputs of {type(module).__name__}")
 
 
 def _to_local(values: torch.Tensor, local: List[int], root: List[int], n: int) -> torch.Tensor:

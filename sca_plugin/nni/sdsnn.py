@@ -28,6 +28,7 @@ from nni.compression.utils import Evaluator
 from torch_pruning import ops
 
 from ..importance import group_members
+from ..masking import is_batchnorm
 from ..sdsnn import SDSNNPruner as _CoreSDSNN
 from .pruner import DEFER_APPLY_METHOD, evaluator_dummy_input, missing_example_inputs_message
 
@@ -35,10 +36,6 @@ __all__ = ["SDSNNPruner"]
 
 _ALLOWED_KEYS = {"op_types", "op_names", "op_names_re", "exclude_op_names", "exclude_op_types", "exclude_op_names_re"}
 _PRODUCER_TYPES = (ops.TORCH_CONV, ops.TORCH_LINEAR)
-
-
-def _is_bn(m: nn.Module) -> bool:
-    return isinstance(m, ops.TORCH_BATCHNORM)
 
 
 class SDSNNPruner(Pruner):
@@ -91,7 +88,7 @@ class SDSNNPruner(Pruner):
         self.interval_steps = interval_steps
         self.total_times = total_times
         self.module_names = names
-        self._bns = [group_members(group, _is_bn) for _, group in self.core.groups]
+        self._bns = [group_members(group, is_batchnorm) for _, group in self.core.groups]
         internal = [{"op_names": [names[m]], "target_names": ["weight", "bias"]}
                     for m in list(self.core._layers) + [bn for bns in self._bns for bn in bns]]
         super().__init__(model, internal, evaluator)
