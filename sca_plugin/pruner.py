@@ -1,4 +1,5 @@
-"""SCAPruner: dynamic prune-and-regrow of whole channels during training, then physical removal.
+"""SCAPruner: dynamic prune-and-regrow of whole channels during training, then physical removal
+(the masking, counters, removal and state skeleton it shares with SD-SNN are in :mod:`sca_plugin.dynamic`).
 
 Built on Torch-Pruning: the dependency graph (with spiking neurons registered and the time
 dimension repaired, see :mod:`sca_plugin.graph`) decides which layers share a channel, so residual
@@ -7,7 +8,6 @@ removes the masked channels through it.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -15,29 +15,17 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
 
-from .graph import SpikingMetaPruner, reaches_output
+from .dynamic import DynamicChannelPruner, NonFiniteStatisticsError
 from .importance import SCAImportance, group_channel_mean, group_members
-from .masking import MASKINGS, ChannelMasker, channel_parameters, is_batchnorm, mask_targets, out_channels, zero_channels
+from .neurons import is_spiking_neuron
+from .masking import MASKINGS, is_batchnorm
 from .regrowth import REGROW_SIGNALS, GradientMagnitudes
-from .rollback import RemovalTransaction
-from .distributed import broadcast_
-from .neurons import is_spiking_neuron, untraced_neurons_message
-from .optim import rebuild_optimizer
 from .schedule import REGROW_DECAYS, SCHEDULES, regrow_at, sparsity_at
 from .selection import MODES, Selection, select_channels
 
 __all__ = ["SCAPruner", "NonFiniteStatisticsError"]
 
 
-class NonFiniteStatisticsError(RuntimeError):
-    """``update_masks()`` found NaN or Inf in what it ranks by (activity statistics, regrowth gradients,
-    SD-SNN's weights); nothing was changed."""
-
-_STATE_FORMAT = "sca_plugin.SCAPruner/1"
-# BasePruner arguments passed on unchanged; pruning_ratio_dict and max_pruning_ratio are SCAPruner's
-# own arguments (same meaning); the others (iterative_steps, head pruning, ...) concern Torch-Pruning's
-# own one-shot schedule
-_PASSED_TO_TORCH_PRUNING = {"forward_fn", "output_transform", "customized_pruners", "unwrapped_parameters"}
 _CONFIG_KEYS = ("pruning_ratio", "regrow_ratio", "global_pruning", "mode", "schedule",
                 "ramp_updates", "min_channels", "round_to", "definition", "regrow_decay", "regrow_decay_updates",
                 "masking", "regrow_signal", "max_pruning_ratio", "pruning_ratio_dict")
@@ -47,7 +35,7 @@ _CONFIG_DEFAULTS = {"regrow_decay": "constant", "regrow_decay_updates": None, "m
                     "regrow_signal": "mean", "max_pruning_ratio": 1.0, "pruning_ratio_dict": {}}
 
 
-class SCAPruner(SpikingMetaPruner):
+class SCAPruner(DynamicChannelPruner):
     """Spiking Channel Activity pruning (Li et al., ICML 2024) as a Torch-Pruning pruner.
 
     Args:
@@ -108,6 +96,8 @@ class SCAPruner(SpikingMetaPruner):
             ``unwrapped_parameters``, passed on to ``tp.pruner.BasePruner``.
     """
 
+    _STATE_FORMAT = "sca_plugin.SCAPruner/1"
+
     def __init__(
         self,
         model: nn.Module,
@@ -137,12 +127,9 @@ class SCAPruner(SpikingMetaPruner):
         **kwargs: Any,
     ) -> None:
         importance = SCAImportance() if importance is None else importance
-        unsupported = sorted(set(kwargs) - _PASSED_TO_TORCH_PRUNING)
-        if unsupported:
-            raise TypeError(f"SCAPruner does not support {unsupported}: it has its own schedule and ranking; "
-                            f"extra arguments may be {sorted(_PASSED_TO_TORCH_PRUNING)}")
-        self._validate_arguments(model, importance, pruning_ratio, regrow_ratio, ignored_layers, l1, bn_l1,
-                                 mode, schedule, ramp_updates, update_interval, min_channels, round_to)
+        self._validate_common(model, ignored_layers, update_interval, min_channels, round_to, kwargs)
+        self._validate_arguments(model, importance, pruning_ratio, regrow_ratio, l1, bn_l1, mode, schedule,
+                                 ramp_updates)
         if regrow_decay not in REGROW_DECAYS:
             raise ValueError(f"regrow_decay must be one of {REGROW_DECAYS}, got {regrow_decay!r}")
         if regrow_decay == "cosine":
@@ -160,12 +147,11 @@ class SCAPruner(SpikingMetaPruner):
             raise ValueError(f"max_pruning_ratio ({max_pruning_ratio}) is below pruning_ratio ({pruning_ratio}): no "
                              "layer could reach the target; use max_pruning_ratio >= pruning_ratio")
         ratio_dict = self._validate_ratio_dict(model, pruning_ratio_dict, regrow_ratio, max_pruning_ratio)
-        super().__init__(model, example_inputs, importance, global_pruning=global_pruning,
-                         pruning_ratio=pruning_ratio, ignored_layers=list(ignored_layers or []),
-                         round_to=round_to, root_module_types=list(root_module_types), **kwargs)
-        self.example_inputs = example_inputs
-        self.forward_fn = kwargs.get("forward_fn")
-        self.regrow_ratio = regrow_ratio
+        self.regrow_ratio = regrow_ratio  # the group checks of the base's constructor read it
+        super().__init__(model, example_inputs, importance, ignored_layers=ignored_layers,
+                         global_pruning=global_pruning, pruning_ratio=pruning_ratio, round_to=round_to,
+                         root_module_types=root_module_types, min_channels=min_channels,
+                         update_interval=update_interval, verify_atol=verify_atol, masking=masking, **kwargs)
         self.l1 = l1
         self.bn_l1 = bn_l1
         self.regrow_decay = regrow_decay
@@ -173,40 +159,16 @@ class SCAPruner(SpikingMetaPruner):
         self.mode = mode
         self.schedule = schedule
         self.ramp_updates = ramp_updates
-        self.update_interval = update_interval
-        self.min_channels = min_channels
-        self.verify_atol = verify_atol
-        self.masking = masking
         self.regrow_signal = regrow_signal
         self.max_pruning_ratio = float(max_pruning_ratio)
-        self.fixed = False  # fix_masks(): the structure no longer changes
-
-        self.module_names: Dict[nn.Module, str] = {m: n for n, m in model.named_modules()}
         # the conv modules regularize() touches every step (pruning replaces their tensors, not them)
         ignored = set(self.ignored_layers)
         self._l1_convs = [m for m in model.modules() if isinstance(m, ops.TORCH_CONV) and m not in ignored]
-        self.groups = [
-            (group[0].dep.target.module, group)
-            for group in self.DG.get_all_groups(ignored_layers=self.ignored_layers,
-                                                root_module_types=self.root_module_types)
-        ]
-        self._check_groups()
         self.pruning_ratio_dict = ratio_dict
         self._local_ratio = self._group_ratios(ratio_dict)
-        self._channel_params = [channel_parameters(self.DG, group) for _, group in self.groups]
         self._l1_bns = sorted({m for _, group in self.groups for m in group_members(group, is_batchnorm)
                                if m.weight is not None and m not in ignored}, key=lambda m: self.module_names[m])
-        self.masks: List[Optional[torch.Tensor]] = [None] * len(self.groups)
-        self.num_updates = 0
-        self.num_steps = 0
-        self.history: List[dict] = []
-        self.finalized = False
         self._growth = GradientMagnitudes()
-        self._mask_targets = [mask_targets(self.DG, group, self.module_names) for _, group in self.groups]
-        # what the graph was traced on: a layer replaced or resized later invalidates the groups
-        self._traced = {self.module_names[m]: (m, _param_shapes(m)) for m in self.DG.module2node
-                        if m in self.module_names and m is not model}
-        self._masker = ChannelMasker()
         self._grad_hooks: List = []
         self._install()
 
@@ -252,9 +214,11 @@ class SCAPruner(SpikingMetaPruner):
         return out
 
     # ------------------------------------------------------------------ validation
+    _NEEDS_NEURONS = "SCA scores channels by membrane activity, so it prunes spiking networks only"
+
     @staticmethod
-    def _validate_arguments(model, importance, pruning_ratio, regrow_ratio, ignored_layers, l1, bn_l1,
-                            mode, schedule, ramp_updates, update_interval, min_channels, round_to) -> None:
+    def _validate_arguments(model, importance, pruning_ratio, regrow_ratio, l1, bn_l1, mode, schedule,
+                            ramp_updates) -> None:
         if not isinstance(importance, tp.importance.Importance):
             raise TypeError(f"importance must be a torch_pruning.importance.Importance, got {type(importance).__name__}")
         for name, value in (("pruning_ratio", pruning_ratio), ("regrow_ratio", regrow_ratio)):
@@ -271,41 +235,17 @@ class SCAPruner(SpikingMetaPruner):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-        for name, value, allow_none in (("ramp_updates", ramp_updates, False), ("update_interval", update_interval, True),
-                                        ("min_channels", min_channels, False), ("round_to", round_to, True)):
-            if value is None and allow_none:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
-        members = set(model.modules())
-        for layer in ignored_layers or []:
-            if isinstance(layer, nn.Module) and layer not in members:
-                raise ValueError(
-                    f"ignored layer {layer.__class__.__name__} ({layer!r:.80}) is not a submodule of the model; "
-                    f"pass modules of the model being pruned (e.g. ignored_layers=[model.classifier])")
-            if not isinstance(layer, (nn.Module, nn.Parameter)):
-                raise TypeError(f"ignored_layers must hold nn.Module or nn.Parameter objects, got {type(layer).__name__}")
-        neurons = [m for m in model.modules() if is_spiking_neuron(m)]
-        if not neurons:
-            raise ValueError("the model has no spiking neurons (spikingjelly.activation_based.neuron): "
-                             "SCA scores channels by membrane activity, so it prunes spiking networks only")
+        if not isinstance(ramp_updates, int) or isinstance(ramp_updates, bool) or ramp_updates < 1:
+            raise ValueError(f"ramp_updates must be a positive integer, got {ramp_updates!r}")
         if isinstance(importance, SCAImportance):
             if importance.recorder.model is not None:
                 raise ValueError("this SCAImportance is already attached to a model; give each pruner its own")
-            importance.recorder.check_supported(neurons)
+            importance.recorder.check_supported([m for m in model.modules() if is_spiking_neuron(m)])
 
     def _check_groups(self) -> None:
-        if not self.groups:
-            untraced = untraced_neurons_message(self.model, self.DG, self.neuron_pruner)
-            raise ValueError("no prunable channel groups: every convolution is ignored or the model has none "
-                             f"of the root module types {self.root_module_types}" + (f"; {untraced}" if untraced else ""))
+        super()._check_groups()
         for root, group in self.groups:
             name = self.module_names.get(root, repr(root))
-            if reaches_output(self.DG, group):
-                raise ValueError(
-                    f"the channels of {name} are the model's output (pruning them would change the output's size, "
-                    f"e.g. the number of classes); add it to ignored_layers (Torch-Pruning's convention: "
-                    f"ignored_layers=[<the classifier>]) or leave {type(root).__name__} out of root_module_types")
             if isinstance(self.importance, SCAImportance) and not group_members(group, is_spiking_neuron):
                 raise ValueError(
                     f"the channels of {name} reach no spiking neuron, so they have no SCA score; "
@@ -316,25 +256,20 @@ class SCAPruner(SpikingMetaPruner):
                     f"the channels of {name} have no BatchNorm with a weight, but regrowth ranks masked channels "
                     f"by |dL/dgamma|; add a BatchNorm after {name}, ignore it, or use regrow_ratio=0")
 
-    # ------------------------------------------------------------------ hooks
-    # The set of forward hooks stays the same from construction to finalize(): torch.compile does not
-    # guard on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``), so a compiled
-    # training forward would silently ignore a hook added, removed or replaced after its first call.
-    # Masks and the straight-through switch are tensors updated in place instead.
-    def _install(self) -> None:
+    # ------------------------------------------------------------------ collectors
+    def _attach_collectors(self) -> None:
         if isinstance(self.importance, SCAImportance):
             self.importance.attach(self.model)
-        self._set_fixed(self.fixed)
 
-    def _uninstall(self) -> None:
+    def _detach_collectors(self) -> None:
         if isinstance(self.importance, SCAImportance):
             self.importance.detach()
         self._remove_growth_hooks()
-        self._masker.remove()
 
-    def _install_growth_hooks(self) -> None:
-        """Tensor hooks on the BatchNorm weights (the regrowth signal); they run in the autograd
-        engine, outside a compiled graph, so they may come and go."""
+    def _on_phase_change(self) -> None:
+        """Regrowth gradients are recorded in the dynamic phase only. They are tensor hooks on the
+        BatchNorm weights, run by the autograd engine outside a compiled graph, so they may come and go."""
+        self._remove_growth_hooks()
         if self.regrow_ratio > 0 and not self.fixed:
             bns = {m for _, group in self.groups for m in group_members(group, is_batchnorm) if m.weight is not None}
             for bn in sorted(bns, key=lambda m: self.module_names[m]):
@@ -345,54 +280,19 @@ class SCAPruner(SpikingMetaPruner):
             h.remove()
         self._grad_hooks.clear()
 
-    def _set_fixed(self, fixed: bool) -> None:
-        """Switch between the dynamic phase (straight-through masks, regrowth signal recorded) and
-        fixed masks (exact masks), changing tensors in place and no forward hook."""
-        self.fixed = fixed
-        self._remove_growth_hooks()
-        self._install_growth_hooks()
-        self._masker.straight_through = not fixed
-        for i, keep in enumerate(self.masks):
-            self._apply_mask(i, keep)
-
-    def _apply_mask(self, i: int, keep: Optional[torch.Tensor]) -> None:
-        """Set group ``i``'s forward masks (all ones while it has no mask yet, and under ``soft``
-        masking before the masks are fixed: the reference code zeroes channels only at updates)."""
-        soft = self.masking == "soft" and not self.fixed
-        for module, local, root in self._mask_targets[i]:
-            n = out_channels(module)
-            module_keep = torch.ones(n, dtype=torch.bool)
-            if keep is not None and not soft:
-                module_keep[torch.tensor(local)] = keep[torch.tensor(root)]
-            device = next((p.device for p in module.parameters()), torch.device("cpu"))
-            self._masker.set_mask(module, module_keep.to(device))
-
     # ------------------------------------------------------------------ training-loop API
     def regularize(self, model: nn.Module, reg: Optional[float] = None) -> None:
         """Add ``l1 * sign(W)`` to the gradient of every conv weight (reference code; ``reg``
         overrides ``l1`` for this call) and ``bn_l1 * sign(gamma)`` to the BatchNorm scales of the
         prunable channels (network slimming); call after ``loss.backward()`` and before
         ``optimizer.step()``."""
-        if model is not self.model:
-            raise ValueError("regularize() got a different model than the one this pruner was built for")
+        super().regularize(model)
         for modules, strength in ((self._l1_convs, self.l1 if reg is None else reg), (self._l1_bns, self.bn_l1)):
             if strength == 0:
                 continue
             for m in modules:
                 if m.weight.grad is not None:
                     m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=strength)
-
-    def maybe_update_masks(self) -> bool:
-        """Count one training step; every ``update_interval`` steps run :meth:`update_masks`.
-        Call once per step after ``optimizer.step()``. Returns True when the masks were updated."""
-        if self.update_interval is None:
-            raise RuntimeError("maybe_update_masks() needs update_interval=N when the pruner is built; "
-                               "or call update_masks() yourself")
-        self.num_steps += 1
-        if self.num_steps % self.update_interval == 0:
-            self.update_masks()
-            return True
-        return False
 
     def current_sparsity_target(self) -> float:
         return sparsity_at(self.num_updates, self.pruning_ratio, self.schedule, self.ramp_updates)
@@ -404,11 +304,7 @@ class SCAPruner(SpikingMetaPruner):
     def update_masks(self) -> Selection:
         """Prune by activity and regrow by BN-scale gradient now, from the statistics gathered since
         the previous update. Returns the :class:`~sca_plugin.selection.Selection`."""
-        if self.finalized:
-            raise RuntimeError("update_masks() after finalize(): the masked channels are already removed")
-        if self.fixed:
-            raise RuntimeError("update_masks() after fix_masks(): the structure is fixed; train it and finalize()")
-        self.check_model_unchanged()
+        self._begin_update()
         if isinstance(self.importance, SCAImportance):
             # DDP: score on the statistics of all processes (the recorder's modules in model order)
             self.importance.recorder.synchronize(list(self.module_names))
@@ -447,34 +343,14 @@ class SCAPruner(SpikingMetaPruner):
         sparsity = self.current_sparsity_target()
         regrow = self.current_regrow_ratio()
         selection = self._select(scores, growth, sparsity, regrow)
-        for i, keep in enumerate(selection.keep):
-            self.masks[i] = broadcast_(keep.clone())  # DDP: every process applies rank 0's masks
-            self._apply_mask(i, self.masks[i])
-        self.reset_masked_channels()
-        self.history.append({
-            "update": self.num_updates,
-            "step": self.num_steps,
-            "target_sparsity": sparsity,
-            "regrow_ratio": regrow,
-            "sparsity": self.sparsity(),
-            "channels": {self.module_names[root]: int(keep.sum()) for (root, _), keep in zip(self.groups, self.masks)},
-            "pruned": int(sum(len(p) for p in selection.pruned)),
-            "regrown": int(sum(len(r) for r in selection.regrown)),
-        })
-        self.num_updates += 1
+        self._commit(selection.keep,
+                     head={"target_sparsity": sparsity, "regrow_ratio": regrow},
+                     tail={"pruned": int(sum(len(p) for p in selection.pruned)),
+                           "regrown": int(sum(len(r) for r in selection.regrown))})
         if isinstance(self.importance, SCAImportance):
             self.importance.reset()
         self._growth.clear()
         return selection
-
-    def _check_finite(self, values: List[torch.Tensor], what: str) -> None:
-        """Refuse NaN/Inf before any mask changes: ranking them would pick channels at random."""
-        bad = [self.module_names[root] for (root, _), v in zip(self.groups, values) if not torch.isfinite(v).all()]
-        if bad:
-            raise NonFiniteStatisticsError(
-                f"non-finite {what} for {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: a training step "
-                "diverged or a batch held NaN/Inf. The masks were left as they were; lower the learning rate, "
-                "check the data, or call importance.reset() to drop the statistics")
 
     def _select(self, scores, growth, sparsity: float, regrow: float) -> Selection:
         """One selection over all groups: the groups of ``pruning_ratio_dict`` ranked each within
@@ -502,124 +378,6 @@ class SCAPruner(SpikingMetaPruner):
                 out.keep[i], out.pruned[i], out.regrown[i] = sel.keep[j], sel.pruned[j], sel.regrown[j]
         return out
 
-    @torch.no_grad()
-    def reset_masked_channels(self) -> int:
-        """Zero the parameters of every masked channel, as the reference code does at every update:
-        BatchNorm weight and bias, and (``masking="reset-filters"``, ``"soft"``, and once the masks
-        are fixed) the filter rows and bias of the layers computing it; returns the number of
-        slices zeroed. :meth:`update_masks` calls it; it changes no output of a forward-masked model."""
-        if self.masking == "mask" and not self.fixed:
-            return 0
-        filters = self.fixed or self.masking != "reset"
-        return sum(zero_channels(entries, keep, self.parameter_of, filters=filters)
-                   for entries, keep in zip(self._channel_params, self.masks) if keep is not None)
-
-    def parameter_of(self, module: nn.Module, name: str) -> torch.Tensor:
-        """A layer's parameter ``name``; an adapter whose framework holds parameters elsewhere while
-        it wraps the model (NNI) replaces this."""
-        return getattr(module, name)
-
-    def fix_masks(self) -> None:
-        """Fix the structure for the rest of training (the final epochs, or fine-tuning before
-        :meth:`finalize`): the masked channels are zeroed once, masked exactly from now on (no
-        straight-through gradient; in ``"soft"`` mode they no longer revive), regrowth gradients are
-        no longer recorded, and :meth:`update_masks` refuses (activity statistics go on, for reports). Training then trains exactly the network
-        that :meth:`finalize` will keep."""
-        if self.finalized:
-            raise RuntimeError("fix_masks() after finalize(): the masked channels are already removed")
-        if self.masks[0] is None:
-            raise RuntimeError("fix_masks() before any mask exists: call update_masks() at least once")
-        if self.fixed:
-            return
-        self._set_fixed(True)
-        self.reset_masked_channels()
-
-    def check_model_unchanged(self) -> None:
-        """Raise if a layer the dependency graph was traced on has been replaced, removed or
-        resized since the pruner was built (its groups and masks would no longer fit)."""
-        if self.finalized:
-            return
-        for name, (module, shapes) in self._traced.items():
-            try:
-                now = self.model.get_submodule(name)
-            except AttributeError:
-                now = None
-            if now is not module:
-                raise RuntimeError(f"the model changed after the pruner was built: {name} was replaced or removed; "
-                                   "build a new pruner for the changed model (its state cannot carry over)")
-            if _param_shapes(module) != shapes:
-                raise RuntimeError(f"the model changed after the pruner was built: the parameters of {name} now have "
-                                   f"shapes {_param_shapes(module)} instead of {shapes}; build a new pruner for the "
-                                   "changed model")
-
-    # ------------------------------------------------------------------ queries
-    def group_names(self) -> List[str]:
-        return [self.module_names[root] for root, _ in self.groups]
-
-    def channel_counts(self) -> Dict[str, tuple]:
-        """``{layer: (channels, kept)}`` for every prunable group, named by its root layer."""
-        out = {}
-        for (root, group), keep in zip(self.groups, self.masks):
-            n = len(group[0].idxs)
-            out[self.module_names[root]] = (n, n if keep is None else int(keep.sum()))
-        return out
-
-    def sparsity(self) -> float:
-        """Fraction of prunable channels currently masked."""
-        counts = self.channel_counts().values()
-        total = sum(n for n, _ in counts)
-        return 1.0 - sum(k for _, k in counts) / total
-
-    def step(self, interactive: bool = False):
-        raise RuntimeError("SCAPruner prunes softly during training: call update_masks() to change the masks "
-                           "and finalize() to remove the masked channels (tp.pruner.MetaPruner.step() is one-shot)")
-
-    # ------------------------------------------------------------------ physical removal
-    def finalize(self, example_inputs: Any = None) -> nn.Module:
-        """Remove the masked channels physically, in place, through Torch-Pruning; return the model.
-
-        The masked model's outputs before and the pruned model's after (eval mode, fresh neuron
-        state) must agree within ``verify_atol``; otherwise every change is rolled back and a
-        RuntimeError is raised. Afterwards rebuild the optimizer (:meth:`rebuild_optimizer`): the
-        pruned layers hold new parameter tensors.
-        """
-        if self.finalized:
-            raise RuntimeError("finalize() was already called: the masked channels are removed")
-        if self.masks[0] is None:
-            raise RuntimeError("finalize() before any mask exists: call update_masks() at least once")
-        self.check_model_unchanged()
-        model = self.model
-        inputs = self.example_inputs if example_inputs is None else example_inputs
-        self._param_names = {id(p): n for n, p in model.named_parameters()}
-        with RemovalTransaction(model, self.DG, self.neuron_pruner, inputs=inputs, forward_fn=self.forward_fn,
-                                verify_atol=self.verify_atol) as removal:
-            # the masked channels' parameters are zeroed before removal ("soft" masking: this is the
-            # reference code's final zeroing, which makes the model equal the pruned one; otherwise it
-            # changes no output)
-            for entries, keep in zip(self._channel_params, self.masks):
-                zero_channels(entries, keep, self.parameter_of)
-            removal.record_reference()
-            self._uninstall()
-            removal.on_rollback.append(self._install)
-            for (root, _), keep in zip(self.groups, self.masks):
-                idxs = torch.nonzero(~keep).flatten().tolist()
-                if idxs:
-                    pruning_fn = self.DG.get_pruner_of_module(root).prune_out_channels
-                    self.DG.get_pruning_group(root, pruning_fn, idxs).prune()
-            removal.verify()
-        self.finalized = True
-        return model
-
-    def rebuild_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        """A new optimizer of the same class and hyper-parameters over the finalized model's parameters.
-
-        Param groups are matched by parameter name. Per-parameter state (momentum, Adam moments)
-        is not carried over: its shapes belonged to the unpruned layers.
-        """
-        if not self.finalized:
-            raise RuntimeError("rebuild_optimizer() is for after finalize(); before it the parameters are unchanged")
-        return rebuild_optimizer(optimizer, self.model, self._param_names)
-
     # ------------------------------------------------------------------ state
     def _config(self) -> dict:
         definition = self.importance.definition if isinstance(self.importance, SCAImportance) else None
@@ -634,65 +392,26 @@ class SCAPruner(SpikingMetaPruner):
                 "pruning_ratio_dict": {",".join(self.module_names[m] for m in key): r
                                        for key, r in self.pruning_ratio_dict.items()}}
 
-    def state_dict(self) -> dict:
-        """Masks, statistics accumulators, counters and history: enough to resume training with
-        the same future masks."""
-        names = self.module_names
-        return {
-            "format": _STATE_FORMAT,
-            "config": self._config(),
-            "groups": self.group_names(),
-            "group_sizes": [len(group[0].idxs) for _, group in self.groups],
-            "masks": [None if m is None else m.clone() for m in self.masks],
-            "num_updates": self.num_updates,
-            "num_steps": self.num_steps,
-            "finalized": self.finalized,
-            "fixed": self.fixed,
-            "activity": (self.importance.recorder.state_dict(names)
-                         if isinstance(self.importance, SCAImportance) else {}),
-            "growth": self._growth.state_dict(names),
-            "history": copy.deepcopy(self.history),
-        }
+    def _config_mismatches(self, saved: dict) -> List[str]:
+        here = self._config()
+        return [f"{k}: saved {saved.get(k, _CONFIG_DEFAULTS.get(k))!r}, here {here[k]!r}"
+                for k in _CONFIG_KEYS if saved.get(k, _CONFIG_DEFAULTS.get(k)) != here[k]]
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`; everything is checked before anything changes."""
-        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
-            raise ValueError(f"not an SCAPruner state dict (expected format {_STATE_FORMAT!r})")
-        cfg = state["config"]
-        mismatched = [f"{k}: saved {cfg.get(k, _CONFIG_DEFAULTS.get(k))!r}, here {self._config()[k]!r}"
-                      for k in _CONFIG_KEYS if cfg.get(k, _CONFIG_DEFAULTS.get(k)) != self._config()[k]]
-        if mismatched:
-            raise ValueError("the state dict was made with other pruner settings (" + "; ".join(mismatched)
-                             + "); build the pruner with the same settings")
-        sizes = [len(group[0].idxs) for _, group in self.groups]
-        if state["groups"] != self.group_names() or state["group_sizes"] != sizes:
-            raise ValueError("the state dict belongs to another architecture: its prunable layers "
-                             f"{list(zip(state['groups'], state['group_sizes']))[:4]}... do not match this model's "
-                             f"{list(zip(self.group_names(), sizes))[:4]}...")
-        if bool(state["finalized"]) != self.finalized:
-            raise ValueError("the state dict was saved after finalize() and this pruner is not finalized (or the "
-                             "reverse); load the finalized model with torch.load instead")
+    def _collector_state(self) -> Dict[str, Any]:
+        names = self.module_names
+        return {"activity": (self.importance.recorder.state_dict(names)
+                             if isinstance(self.importance, SCAImportance) else {}),
+                "growth": self._growth.state_dict(names)}
+
+    def _check_state(self, state: dict) -> Any:
         modules = {n: m for m, n in self.module_names.items()}
         unknown = [n for n in list(state["activity"]) + list(state["growth"]) if n not in modules]
         if unknown:
             raise ValueError(f"the state dict refers to layers this model does not have: {unknown[:5]}")
+        return modules
+
+    def _load_state(self, state: dict, modules: Any) -> None:
         device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        self.masks = [None if m is None else m.clone().bool().cpu() for m in state["masks"]]
-        for i, keep in enumerate(self.masks):
-            if keep is not None:
-                self._apply_mask(i, keep)
-        if bool(state.get("fixed", False)) != self.fixed:
-            self._set_fixed(bool(state.get("fixed", False)))
-        self.num_updates = int(state["num_updates"])
-        self.num_steps = int(state["num_steps"])
-        self.history = copy.deepcopy(state["history"])
         if isinstance(self.importance, SCAImportance):
             self.importance.recorder.load_state_dict(state["activity"], modules, device)
         self._growth.load_state_dict(state["growth"], modules, device)
-
-
-def _param_shapes(module: nn.Module) -> Dict[str, tuple]:
-    # by leaf name: a framework that re-hosts the parameters in a child (NNI's wrapper) changes nothing
-    return {n.rsplit(".", 1)[-1]: tuple(p.shape) for n, p in module.named_parameters()}
-
-

@@ -50,13 +50,13 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
 
-from .distributed import broadcast_
+from .dynamic import DynamicChannelPruner, NonFiniteStatisticsError
 from .masking import group_producers
-from .pruner import NonFiniteStatisticsError, SCAPruner
 
 __all__ = ["SDSNNImportance", "SDSNNPruner"]
 
-_SDSNN_FORMAT = "sca_plugin.SDSNNPruner/1"
+_SDSNN_FORMAT = "sca_plugin.SDSNNPruner/1"  # its own entries ("sdsnn" in the state dict)
+_LEGACY_FORMAT = "sca_plugin.SCAPruner/1"  # states of the versions in which SDSNNPruner subclassed SCAPruner
 _SDSNN_KEYS = ("N", "initial_rate", "initial_fc_rate", "dead_synapses", "dead_fc_synapses",
                "regen_percentile", "regen_fc_percentile", "regen_cap", "range_layers")
 
@@ -133,15 +133,16 @@ class SDSNNImportance(tp.importance.Importance):
         return scores
 
 
-class SDSNNPruner(SCAPruner):
-    """SD-SNN structural development as a Torch-Pruning pruner; same calling pattern as
-    :class:`~sca_plugin.SCAPruner`: train an epoch, ``update_masks()``, ..., ``finalize()``.
+class SDSNNPruner(DynamicChannelPruner):
+    """SD-SNN structural development as a Torch-Pruning pruner, a sibling of
+    :class:`~sca_plugin.SCAPruner` on the same dynamic-masking base and with the same calling pattern:
+    train an epoch, ``update_masks()``, ..., ``finalize()``.
 
     The sparsity is not a target: it emerges from the adaptive rates (see the module docstring).
 
     Args:
         model, example_inputs, ignored_layers, root_module_types, min_channels, verify_atol,
-            update_interval, **kwargs: as for :class:`~sca_plugin.SCAPruner`.
+            update_interval, masking, **kwargs: as for :class:`~sca_plugin.SCAPruner`.
         N: consecutive-epoch count of the synaptic constraint and of regeneration (public code: 18
             for 300-600 epochs); clipping starts after ``N`` epochs, pruning and regeneration after
             ``2N``. Use about ``epochs * 18 / 300`` for shorter runs.
@@ -176,8 +177,10 @@ class SDSNNPruner(SCAPruner):
         root_module_types: Sequence[type] = (ops.TORCH_CONV,),
         verify_atol: Optional[float] = 1e-5,
         update_interval: Optional[int] = None,
+        masking: str = "reset",
         **kwargs: Any,
     ) -> None:
+        self._validate_common(model, ignored_layers, update_interval, min_channels, None, kwargs)
         if not isinstance(N, int) or isinstance(N, bool) or N < 1:
             raise ValueError(f"N must be a positive integer (epochs), got {N!r}")
         for name, value in (("initial_rate", initial_rate), ("initial_fc_rate", initial_fc_rate)):
@@ -193,10 +196,9 @@ class SDSNNPruner(SCAPruner):
         if range_layers not in ("all", "last"):
             raise ValueError(f"range_layers must be 'all' or 'last', got {range_layers!r}")
         importance = SDSNNImportance()
-        super().__init__(model, example_inputs, importance=importance, pruning_ratio=0.0, regrow_ratio=0.0,
-                         global_pruning=False, ignored_layers=ignored_layers, l1=0.0, min_channels=min_channels,
-                         root_module_types=root_module_types, verify_atol=verify_atol,
-                         update_interval=update_interval, **kwargs)
+        super().__init__(model, example_inputs, importance, ignored_layers=ignored_layers, global_pruning=False,
+                         pruning_ratio=0.0, root_module_types=root_module_types, min_channels=min_channels,
+                         update_interval=update_interval, verify_atol=verify_atol, masking=masking, **kwargs)
         self.N = N
         self.initial_rate, self.initial_fc_rate = float(initial_rate), float(initial_fc_rate)
         self.dead_synapses, self.dead_fc_synapses = dead_synapses, dead_fc_synapses
@@ -215,6 +217,7 @@ class SDSNNPruner(SCAPruner):
         importance.DG = self.DG
         self.synapses = importance.synapses
         self._connectivity: Optional[Dict[str, float]] = None
+        self._install()
 
     def weight_of(self, module: nn.Module) -> torch.Tensor:
         """The weight parameter of a managed layer (see :meth:`parameter_of`)."""
@@ -227,7 +230,7 @@ class SDSNNPruner(SCAPruner):
             w.data.mul_(self.synapses[m].mask.to(w.dtype))
 
     def fix_masks(self) -> None:
-        """As :meth:`SCAPruner.fix_masks`; the masked synapses inside kept channels are zeroed too
+        """As :meth:`DynamicChannelPruner.fix_masks`; the masked synapses inside kept channels are zeroed too
         (they keep training, as in the public code, and are zeroed again by :meth:`finalize`)."""
         super().fix_masks()
         self._zero_masked_synapses()
@@ -263,9 +266,7 @@ class SDSNNPruner(SCAPruner):
     def update_masks(self):
         """One epoch of structural development (call after each training epoch): the synaptic
         constraint, then (from ``prune_start``) regeneration, pruning and the rate update."""
-        if self.finalized:
-            raise RuntimeError("update_masks() after finalize(): the masked channels are already removed")
-        self.check_model_unchanged()
+        self._begin_update()
         bad = [self.module_names[m] for m in self._layers if not torch.isfinite(self.weight_of(m)).all()]
         if bad:  # ranges, clipping and ranking by NaN/Inf weights would pick synapses at random
             raise NonFiniteStatisticsError(
@@ -290,17 +291,11 @@ class SDSNNPruner(SCAPruner):
                 regrown = sum(self._regenerate(m, e) for m in self._layers)
                 pruned = self._prune(e)
                 self._zero_masked_synapses()
-        for i, keep in enumerate(self._channel_keep()):
-            self.masks[i] = broadcast_(keep.clone())  # DDP: identical weights give identical masks; made sure
-            self._apply_mask(i, self.masks[i])
-        self.reset_masked_channels()
-        self.history.append({
-            "update": e, "step": self.num_steps, "sparsity": self.sparsity(),
-            "channels": {self.module_names[root]: int(keep.sum()) for (root, _), keep in zip(self.groups, self.masks)},
+        # DDP: identical weights give identical masks; the commit makes sure (rank 0's)
+        self._commit(self._channel_keep(), head={}, tail={
             "rates": {self.module_names[root]: r for (root, _), r in zip(self.groups, self.rates)},
             "pruned": pruned, "regrown": regrown, "connectivity": self.connectivity()["total"],
         })
-        self.num_updates += 1
         return None
 
     def _update_ranges(self, syn: _Synapses, weight: torch.Tensor) -> None:
@@ -425,7 +420,7 @@ class SDSNNPruner(SCAPruner):
     # ------------------------------------------------------------------ removal
     def finalize(self, example_inputs: Any = None) -> nn.Module:
         """Zero the masked synapses inside kept channels (the masked model), then remove the pruned
-        channels physically as :meth:`SCAPruner.finalize` does; connectivity is kept as zeros."""
+        channels physically as :meth:`DynamicChannelPruner.finalize` does; connectivity is kept as zeros."""
         if not self.finalized and self.synapses:
             self._zero_masked_synapses()
         model = super().finalize(example_inputs)
@@ -440,28 +435,33 @@ class SDSNNPruner(SCAPruner):
         return model
 
     # ------------------------------------------------------------------ state
-    def _sdsnn_config(self) -> dict:
-        return {k: getattr(self, k) for k in _SDSNN_KEYS}
+    _STATE_FORMAT = "sca_plugin.SDSNNPruner/2"
+    _SETTINGS_NAME = "SD-SNN"
 
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        state["sdsnn"] = {
-            "format": _SDSNN_FORMAT, "config": self._sdsnn_config(), "rates": list(self.rates),
+    def _config(self) -> dict:
+        return {**{k: getattr(self, k) for k in _SDSNN_KEYS}, "masking": self.masking}
+
+    def _collector_state(self) -> Dict[str, Any]:
+        return {"sdsnn": {
+            "format": _SDSNN_FORMAT, "rates": list(self.rates),
             "pruned": [p.clone() for p in self.pruned],
             "synapses": {self.module_names[m]: s.state_dict() for m, s in self.synapses.items()},
             "connectivity": copy.deepcopy(self._connectivity),
-        }
-        return state
+        }}
 
     def load_state_dict(self, state: dict) -> None:
-        extra = state.get("sdsnn") if isinstance(state, dict) else None
+        """Restore :meth:`state_dict`; also reads the states of earlier versions (format
+        ``sca_plugin.SCAPruner/1`` with an ``sdsnn`` entry)."""
+        if isinstance(state, dict) and state.get("format") == _LEGACY_FORMAT and isinstance(state.get("sdsnn"), dict):
+            legacy = state["sdsnn"]
+            state = {**state, "format": self._STATE_FORMAT,
+                     "config": {**(legacy.get("config") or {}), "masking": state["config"].get("masking", "mask")}}
+        super().load_state_dict(state)
+
+    def _check_state(self, state: dict) -> Any:
+        extra = state.get("sdsnn")
         if not isinstance(extra, dict) or extra.get("format") != _SDSNN_FORMAT:
             raise ValueError(f"not an SDSNNPruner state dict (expected an 'sdsnn' entry of format {_SDSNN_FORMAT!r})")
-        mismatched = [f"{k}: saved {extra['config'].get(k)!r}, here {v!r}" for k, v in self._sdsnn_config().items()
-                      if extra["config"].get(k) != v]
-        if mismatched:
-            raise ValueError("the state dict was made with other SD-SNN settings (" + "; ".join(mismatched)
-                             + "); build the pruner with the same settings")
         names = {n: m for m, n in self.module_names.items()}
         unknown = [n for n in extra["synapses"] if n not in names or names[n] not in self._layers]
         if unknown:
@@ -474,7 +474,10 @@ class SDSNNPruner(SCAPruner):
             syn = _Synapses(self.weight_of(module))
             syn.load_state_dict(tensors, self.weight_of(module).device)
             synapses[module] = syn
-        super().load_state_dict(state)
+        return synapses
+
+    def _load_state(self, state: dict, synapses: Any) -> None:
+        extra = state["sdsnn"]
         self.synapses.clear()
         self.synapses.update(synapses)
         self.rates = [float(r) for r in extra["rates"]]

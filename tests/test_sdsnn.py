@@ -276,3 +276,40 @@ def test_sdsnn_mnist_config_and_network():
     pruner = build_pruner(cfg, model, x)
     assert sorted(pruner.group_names()) == ["fc1.0", "features.0", "features.3"]  # hidden FC layer managed too
     assert pruner.rates[pruner.group_names().index("fc1.0")] == 35.0 and pruner.N == 1
+
+
+def test_sibling_of_scapruner_on_the_dynamic_base():
+    from sca_plugin import SCAPruner
+    from sca_plugin.dynamic import DynamicChannelPruner
+
+    assert issubclass(SDSNNPruner, DynamicChannelPruner) and issubclass(SCAPruner, DynamicChannelPruner)
+    assert not issubclass(SDSNNPruner, SCAPruner) and not issubclass(SCAPruner, SDSNNPruner)
+    model, x, _ = tiny()
+    pruner = SDSNNPruner(model, x, ignored_layers=[model.classifier], N=1)
+    for attr in ("regrow_ratio", "l1", "schedule", "mode"):  # no placeholder SCA arguments
+        assert not hasattr(pruner, attr), attr
+
+
+def test_a_state_of_the_earlier_format_loads():
+    """Checkpoints written while SDSNNPruner subclassed SCAPruner (format sca_plugin.SCAPruner/1 with an
+    'sdsnn' entry holding the SD-SNN settings) resume unchanged."""
+    model, x, y = tiny()
+    pruner = SDSNNPruner(model, x, ignored_layers=[model.classifier], N=1, initial_rate=30.0)
+    opt = None
+    for _ in range(5):
+        opt = train_steps(model, x, y, 1, optimizer=opt)
+        pruner.update_masks()
+    state = pruner.state_dict()
+    legacy = {**state, "format": "sca_plugin.SCAPruner/1",
+              "config": {"pruning_ratio": 0.0, "regrow_ratio": 0.0, "masking": state["config"]["masking"]},
+              "activity": {}, "growth": {},
+              "sdsnn": {**state["sdsnn"], "config": {k: v for k, v in state["config"].items() if k != "masking"}}}
+    fresh_model, _, _ = tiny()
+    fresh_model.load_state_dict(model.state_dict())
+    fresh = SDSNNPruner(fresh_model, x, ignored_layers=[fresh_model.classifier], N=1, initial_rate=30.0)
+    fresh.load_state_dict(legacy)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.masks, pruner.masks))
+    assert fresh.rates == pruner.rates and fresh.num_updates == 5 and fresh.history == pruner.history
+    wrong = SDSNNPruner(tiny()[0], x, ignored_layers=None, N=2, initial_rate=30.0)
+    with pytest.raises(ValueError, match="other SD-SNN settings .*N: saved 1, here 2"):
+        wrong.load_state_dict(legacy)

@@ -1,0 +1,450 @@
+"""DynamicChannelPruner: the shared base of the pruners that mask whole channels during training
+and remove them at the end (:class:`~sca_plugin.SCAPruner`, :class:`~sca_plugin.SDSNNPruner`).
+
+It owns what every such method needs and nothing method-specific: the dependency graph's channel
+groups, one boolean mask per group and the forward masks that apply it (:mod:`sca_plugin.masking`),
+the step and update counters with the update cadence (:meth:`maybe_update_masks`), one commit
+step per update (distributed broadcast, forward masks, reset of the masked channels' parameters,
+history), the switch to fixed masks for the final epochs, physical removal through one
+:class:`~sca_plugin.rollback.RemovalTransaction`, the optimizer rebuild, and a state-dict skeleton.
+
+A method supplies its keep-selection in ``update_masks()`` (computing the new masks, then
+:meth:`_commit`) and, where it has any, its own statistics collectors and state through the
+extension points ``_attach_collectors`` / ``_detach_collectors`` / ``_on_phase_change``,
+``_config`` and ``_collector_state`` / ``_check_state`` / ``_load_state``, as Torch-Pruning's
+pruners are thin subclasses over ``BasePruner``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from torch_pruning import ops
+
+from .distributed import broadcast_
+from .graph import SpikingMetaPruner, reaches_output
+from .masking import MASKINGS, ChannelMasker, channel_parameters, mask_targets, out_channels, zero_channels
+from .neurons import is_spiking_neuron, untraced_neurons_message
+from .optim import rebuild_optimizer
+from .rollback import RemovalTransaction
+
+__all__ = ["DynamicChannelPruner", "NonFiniteStatisticsError"]
+
+# BasePruner arguments passed on unchanged; the others (iterative_steps, head pruning, ...) concern
+# Torch-Pruning's own one-shot schedule
+_PASSED_TO_TORCH_PRUNING = {"forward_fn", "output_transform", "customized_pruners", "unwrapped_parameters"}
+
+
+class NonFiniteStatisticsError(RuntimeError):
+    """``update_masks()`` found NaN or Inf in what it ranks by (activity statistics, regrowth gradients,
+    SD-SNN's weights); nothing was changed."""
+
+
+class DynamicChannelPruner(SpikingMetaPruner):
+    """Masks whole channels of a spiking network during training and removes them at the end.
+
+    Subclasses implement ``update_masks()`` (compute the new keep masks, then :meth:`_commit`)
+    and call :meth:`_install` at the end of their ``__init__``.
+
+    Args:
+        model, example_inputs, importance, ignored_layers, global_pruning, pruning_ratio, round_to,
+            root_module_types: as Torch-Pruning's ``BasePruner`` (the graph is traced with spiking
+            neurons registered and the time dimension repaired, :mod:`sca_plugin.graph`).
+        min_channels: never keep fewer channels than this in a group.
+        update_interval: with :meth:`maybe_update_masks`, update the masks every this many steps.
+        verify_atol: ``finalize()`` checks, in float64, that the pruned model's outputs equal the
+            masked model's within this tolerance and rolls back otherwise; None skips the check.
+        masking: how masked channels act while the masks still change (:data:`~sca_plugin.masking.MASKINGS`).
+        **kwargs: ``forward_fn``, ``output_transform``, ``customized_pruners`` or
+            ``unwrapped_parameters``, passed on to ``tp.pruner.BasePruner``.
+    """
+
+    #: the ``format`` entry of :meth:`state_dict`
+    _STATE_FORMAT = "sca_plugin.DynamicChannelPruner/1"
+    #: why the method needs spiking neurons (the error for a model without any)
+    _NEEDS_NEURONS = "it prunes spiking networks only"
+    #: what the settings compared on loading a state dict are called in its error
+    _SETTINGS_NAME = "pruner"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Any,
+        importance,
+        *,
+        ignored_layers: Optional[Sequence[nn.Module]] = None,
+        global_pruning: bool = False,
+        pruning_ratio: float = 0.0,
+        round_to: Optional[int] = None,
+        root_module_types: Sequence[type] = (ops.TORCH_CONV,),
+        min_channels: int = 1,
+        update_interval: Optional[int] = None,
+        verify_atol: Optional[float] = 1e-5,
+        masking: str = "reset",
+        **kwargs: Any,
+    ) -> None:
+        self._validate_common(model, ignored_layers, update_interval, min_channels, round_to, kwargs)
+        if masking not in MASKINGS:
+            raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")
+        super().__init__(model, example_inputs, importance, global_pruning=global_pruning,
+                         pruning_ratio=pruning_ratio, ignored_layers=list(ignored_layers or []),
+                         round_to=round_to, root_module_types=list(root_module_types), **kwargs)
+        self.example_inputs = example_inputs
+        self.forward_fn = kwargs.get("forward_fn")
+        self.update_interval = update_interval
+        self.min_channels = min_channels
+        self.verify_atol = verify_atol
+        self.masking = masking
+        self.fixed = False  # fix_masks(): the structure no longer changes
+
+        self.module_names: Dict[nn.Module, str] = {m: n for n, m in model.named_modules()}
+        self.groups = [
+            (group[0].dep.target.module, group)
+            for group in self.DG.get_all_groups(ignored_layers=self.ignored_layers,
+                                                root_module_types=self.root_module_types)
+        ]
+        self._check_groups()
+        self._channel_params = [channel_parameters(self.DG, group) for _, group in self.groups]
+        self.masks: List[Optional[torch.Tensor]] = [None] * len(self.groups)
+        self.num_updates = 0
+        self.num_steps = 0
+        self.history: List[dict] = []
+        self.finalized = False
+        self._mask_targets = [mask_targets(self.DG, group, self.module_names) for _, group in self.groups]
+        # what the graph was traced on: a layer replaced or resized later invalidates the groups
+        self._traced = {self.module_names[m]: (m, _param_shapes(m)) for m in self.DG.module2node
+                        if m in self.module_names and m is not model}
+        self._masker = ChannelMasker()
+
+    # ------------------------------------------------------------------ validation
+    def _validate_common(self, model, ignored_layers, update_interval, min_channels, round_to, kwargs) -> None:
+        """The checks of every dynamic pruner's arguments (subclasses may run them first, before
+        their own: they are cheap and change nothing)."""
+        unsupported = sorted(set(kwargs) - _PASSED_TO_TORCH_PRUNING)
+        if unsupported:
+            raise TypeError(f"{type(self).__name__} does not support {unsupported}: it has its own schedule and "
+                            f"ranking; extra arguments may be {sorted(_PASSED_TO_TORCH_PRUNING)}")
+        for name, value, allow_none in (("update_interval", update_interval, True),
+                                        ("min_channels", min_channels, False), ("round_to", round_to, True)):
+            if value is None and allow_none:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+        members = set(model.modules())
+        for layer in ignored_layers or []:
+            if isinstance(layer, nn.Module) and layer not in members:
+                raise ValueError(
+                    f"ignored layer {layer.__class__.__name__} ({layer!r:.80}) is not a submodule of the model; "
+                    f"pass modules of the model being pruned (e.g. ignored_layers=[model.classifier])")
+            if not isinstance(layer, (nn.Module, nn.Parameter)):
+                raise TypeError(f"ignored_layers must hold nn.Module or nn.Parameter objects, got {type(layer).__name__}")
+        if not any(is_spiking_neuron(m) for m in model.modules()):
+            raise ValueError("the model has no spiking neurons (spikingjelly.activation_based.neuron): "
+                             f"{self._NEEDS_NEURONS}")
+
+    def _check_groups(self) -> None:
+        """Refuse a model with no prunable group, or a group whose channels are the model's output."""
+        if not self.groups:
+            untraced = untraced_neurons_message(self.model, self.DG, self.neuron_pruner)
+            raise ValueError("no prunable channel groups: every convolution is ignored or the model has none "
+                             f"of the root module types {self.root_module_types}" + (f"; {untraced}" if untraced else ""))
+        for root, group in self.groups:
+            if reaches_output(self.DG, group):
+                name = self.module_names.get(root, repr(root))
+                raise ValueError(
+                    f"the channels of {name} are the model's output (pruning them would change the output's size, "
+                    f"e.g. the number of classes); add it to ignored_layers (Torch-Pruning's convention: "
+                    f"ignored_layers=[<the classifier>]) or leave {type(root).__name__} out of root_module_types")
+
+    # ------------------------------------------------------------------ what the pruner installs
+    # The set of forward hooks stays the same from construction to finalize(): torch.compile does not
+    # guard on module hooks (``torch._dynamo.config.skip_nnmodule_hook_guards``), so a compiled
+    # training forward would silently ignore a hook added, removed or replaced after its first call.
+    # Masks and the straight-through switch are tensors updated in place instead.
+    def _install(self) -> None:
+        """Attach the method's statistics collectors and every forward mask (all ones until the
+        first update); subclasses call it at the end of their ``__init__``."""
+        self._attach_collectors()
+        self._set_fixed(self.fixed)
+
+    def _uninstall(self) -> None:
+        """Remove everything the pruner installed on the model (collectors, hooks, forward masks)."""
+        self._detach_collectors()
+        self._masker.remove()
+
+    def _attach_collectors(self) -> None:
+        """Extension point: install the method's statistics collectors."""
+
+    def _detach_collectors(self) -> None:
+        """Extension point: remove the method's statistics collectors."""
+
+    def _on_phase_change(self) -> None:
+        """Extension point: the masks switched between the dynamic phase and fixed masks."""
+
+    def _set_fixed(self, fixed: bool) -> None:
+        """Switch between the dynamic phase (straight-through masks) and fixed masks (exact
+        masks), changing tensors in place and no forward hook."""
+        self.fixed = fixed
+        self._on_phase_change()
+        self._masker.straight_through = not fixed
+        for i, keep in enumerate(self.masks):
+            self._apply_mask(i, keep)
+
+    def _apply_mask(self, i: int, keep: Optional[torch.Tensor]) -> None:
+        """Set group ``i``'s forward masks (all ones while it has no mask yet, and under ``soft``
+        masking before the masks are fixed: the reference code zeroes channels only at updates)."""
+        soft = self.masking == "soft" and not self.fixed
+        for module, local, root in self._mask_targets[i]:
+            module_keep = torch.ones(out_channels(module), dtype=torch.bool)
+            if keep is not None and not soft:
+                module_keep[torch.tensor(local)] = keep[torch.tensor(root)]
+            device = next((p.device for p in module.parameters()), torch.device("cpu"))
+            self._masker.set_mask(module, module_keep.to(device))
+
+    # ------------------------------------------------------------------ training-loop API
+    def regularize(self, model: nn.Module, reg: Optional[float] = None) -> None:
+        """Add the method's gradient penalty (none here); call after ``loss.backward()`` and before
+        ``optimizer.step()``."""
+        if model is not self.model:
+            raise ValueError("regularize() got a different model than the one this pruner was built for")
+
+    def maybe_update_masks(self) -> bool:
+        """Count one training step; every ``update_interval`` steps run ``update_masks()``.
+        Call once per step after ``optimizer.step()``. Returns True when the masks were updated."""
+        if self.update_interval is None:
+            raise RuntimeError("maybe_update_masks() needs update_interval=N when the pruner is built; "
+                               "or call update_masks() yourself")
+        self.num_steps += 1
+        if self.num_steps % self.update_interval == 0:
+            self.update_masks()
+            return True
+        return False
+
+    def update_masks(self):
+        raise NotImplementedError
+
+    def _begin_update(self) -> None:
+        """The checks every update starts with."""
+        if self.finalized:
+            raise RuntimeError("update_masks() after finalize(): the masked channels are already removed")
+        if self.fixed:
+            raise RuntimeError("update_masks() after fix_masks(): the structure is fixed; train it and finalize()")
+        self.check_model_unchanged()
+
+    def _check_finite(self, values: List[torch.Tensor], what: str, names: Optional[List[str]] = None) -> None:
+        """Refuse NaN/Inf before any mask changes: ranking them would pick channels at random."""
+        names = names if names is not None else self.group_names()
+        bad = [n for n, v in zip(names, values) if not torch.isfinite(v).all()]
+        if bad:
+            raise NonFiniteStatisticsError(
+                f"non-finite {what} for {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}: a training step "
+                "diverged or a batch held NaN/Inf. The masks were left as they were; lower the learning rate, "
+                "check the data, or call importance.reset() to drop the statistics")
+
+    @torch.no_grad()
+    def _commit(self, keeps: Sequence[torch.Tensor], head: Dict[str, Any], tail: Dict[str, Any]) -> None:
+        """Make ``keeps`` the masks: the same on every process (rank 0's), applied, the masked
+        channels' parameters reset; one history entry ``{update, step, **head, sparsity,
+        channels, **tail}``; the update counted."""
+        for i, keep in enumerate(keeps):
+            self.masks[i] = broadcast_(keep.clone())  # DDP: every process applies rank 0's masks
+            self._apply_mask(i, self.masks[i])
+        self.reset_masked_channels()
+        self.history.append({
+            "update": self.num_updates, "step": self.num_steps, **head, "sparsity": self.sparsity(),
+            "channels": {self.module_names[root]: int(keep.sum()) for (root, _), keep in zip(self.groups, self.masks)},
+            **tail,
+        })
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def reset_masked_channels(self) -> int:
+        """Zero the parameters of every masked channel, as the reference code does at every update:
+        BatchNorm weight and bias, and (``masking="reset-filters"``, ``"soft"``, and once the masks
+        are fixed) the filter rows and bias of the layers computing it; returns the number of
+        slices zeroed. Updates call it; it changes no output of a forward-masked model."""
+        if self.masking == "mask" and not self.fixed:
+            return 0
+        filters = self.fixed or self.masking != "reset"
+        return sum(zero_channels(entries, keep, self.parameter_of, filters=filters)
+                   for entries, keep in zip(self._channel_params, self.masks) if keep is not None)
+
+    def parameter_of(self, module: nn.Module, name: str) -> torch.Tensor:
+        """A layer's parameter ``name``; an adapter whose framework holds parameters elsewhere while
+        it wraps the model (NNI) replaces this."""
+        return getattr(module, name)
+
+    def fix_masks(self) -> None:
+        """Fix the structure for the rest of training (the final epochs, or fine-tuning before
+        :meth:`finalize`): the masked channels are zeroed once, masked exactly from now on (no
+        straight-through gradient; in ``"soft"`` mode they no longer revive), and ``update_masks()``
+        refuses. Training then trains exactly the network that :meth:`finalize` will keep."""
+        if self.finalized:
+            raise RuntimeError("fix_masks() after finalize(): the masked channels are already removed")
+        if self.masks[0] is None:
+            raise RuntimeError("fix_masks() before any mask exists: call update_masks() at least once")
+        if self.fixed:
+            return
+        self._set_fixed(True)
+        self.reset_masked_channels()
+
+    def check_model_unchanged(self) -> None:
+        """Raise if a layer the dependency graph was traced on has been replaced, removed or
+        resized since the pruner was built (its groups and masks would no longer fit)."""
+        if self.finalized:
+            return
+        for name, (module, shapes) in self._traced.items():
+            try:
+                now = self.model.get_submodule(name)
+            except AttributeError:
+                now = None
+            if now is not module:
+                raise RuntimeError(f"the model changed after the pruner was built: {name} was replaced or removed; "
+                                   "build a new pruner for the changed model (its state cannot carry over)")
+            if _param_shapes(module) != shapes:
+                raise RuntimeError(f"the model changed after the pruner was built: the parameters of {name} now have "
+                                   f"shapes {_param_shapes(module)} instead of {shapes}; build a new pruner for the "
+                                   "changed model")
+
+    # ------------------------------------------------------------------ queries
+    def group_names(self) -> List[str]:
+        return [self.module_names[root] for root, _ in self.groups]
+
+    def channel_counts(self) -> Dict[str, tuple]:
+        """``{layer: (channels, kept)}`` for every prunable group, named by its root layer."""
+        out = {}
+        for (root, group), keep in zip(self.groups, self.masks):
+            n = len(group[0].idxs)
+            out[self.module_names[root]] = (n, n if keep is None else int(keep.sum()))
+        return out
+
+    def sparsity(self) -> float:
+        """Fraction of prunable channels currently masked."""
+        counts = self.channel_counts().values()
+        total = sum(n for n, _ in counts)
+        return 1.0 - sum(k for _, k in counts) / total
+
+    def step(self, interactive: bool = False):
+        raise RuntimeError(f"{type(self).__name__} prunes softly during training: call update_masks() to change the "
+                           "masks and finalize() to remove the masked channels (tp.pruner.MetaPruner.step() is one-shot)")
+
+    # ------------------------------------------------------------------ physical removal
+    def finalize(self, example_inputs: Any = None) -> nn.Module:
+        """Remove the masked channels physically, in place, through Torch-Pruning; return the model.
+
+        The masked model's outputs before and the pruned model's after (eval mode, fresh neuron
+        state) must agree within ``verify_atol``; otherwise every change is rolled back and a
+        RuntimeError is raised. Afterwards rebuild the optimizer (:meth:`rebuild_optimizer`): the
+        pruned layers hold new parameter tensors.
+        """
+        if self.finalized:
+            raise RuntimeError("finalize() was already called: the masked channels are removed")
+        if self.masks[0] is None:
+            raise RuntimeError("finalize() before any mask exists: call update_masks() at least once")
+        self.check_model_unchanged()
+        model = self.model
+        inputs = self.example_inputs if example_inputs is None else example_inputs
+        self._param_names = {id(p): n for n, p in model.named_parameters()}
+        with RemovalTransaction(model, self.DG, self.neuron_pruner, inputs=inputs, forward_fn=self.forward_fn,
+                                verify_atol=self.verify_atol) as removal:
+            # the masked channels' parameters are zeroed before removal ("soft" masking: this is the
+            # reference code's final zeroing, which makes the model equal the pruned one; otherwise it
+            # changes no output)
+            for entries, keep in zip(self._channel_params, self.masks):
+                zero_channels(entries, keep, self.parameter_of)
+            removal.record_reference()
+            self._uninstall()
+            removal.on_rollback.append(self._install)
+            for (root, _), keep in zip(self.groups, self.masks):
+                idxs = torch.nonzero(~keep).flatten().tolist()
+                if idxs:
+                    pruning_fn = self.DG.get_pruner_of_module(root).prune_out_channels
+                    self.DG.get_pruning_group(root, pruning_fn, idxs).prune()
+            removal.verify()
+        self.finalized = True
+        return model
+
+    def rebuild_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """A new optimizer of the same class and hyper-parameters over the finalized model's parameters.
+
+        Param groups are matched by parameter name. Per-parameter state (momentum, Adam moments)
+        is not carried over: its shapes belonged to the unpruned layers.
+        """
+        if not self.finalized:
+            raise RuntimeError("rebuild_optimizer() is for after finalize(); before it the parameters are unchanged")
+        return rebuild_optimizer(optimizer, self.model, self._param_names)
+
+    # ------------------------------------------------------------------ state
+    def _config(self) -> dict:
+        """The settings a state dict must have been made with (compared on loading)."""
+        return {}
+
+    def _config_mismatches(self, saved: dict) -> List[str]:
+        return [f"{k}: saved {saved.get(k)!r}, here {v!r}" for k, v in self._config().items() if saved.get(k) != v]
+
+    def _collector_state(self) -> Dict[str, Any]:
+        """Extension point: the method's own entries of :meth:`state_dict`."""
+        return {}
+
+    def _accepts_format(self, state: dict) -> bool:
+        return state.get("format") == self._STATE_FORMAT
+
+    def _check_state(self, state: dict) -> Any:
+        """Extension point: check the method's entries before anything changes; what it returns
+        is passed to :meth:`_load_state`."""
+        return None
+
+    def _load_state(self, state: dict, checked: Any) -> None:
+        """Extension point: restore the method's entries (after the common ones)."""
+
+    def state_dict(self) -> dict:
+        """Masks, statistics accumulators, counters and history: enough to resume training with
+        the same future masks."""
+        return {
+            "format": self._STATE_FORMAT,
+            "config": self._config(),
+            "groups": self.group_names(),
+            "group_sizes": [len(group[0].idxs) for _, group in self.groups],
+            "masks": [None if m is None else m.clone() for m in self.masks],
+            "num_updates": self.num_updates,
+            "num_steps": self.num_steps,
+            "finalized": self.finalized,
+            "fixed": self.fixed,
+            **self._collector_state(),
+            "history": copy.deepcopy(self.history),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; everything is checked before anything changes."""
+        if not isinstance(state, dict) or not self._accepts_format(state):
+            raise ValueError(f"not an {type(self).__name__} state dict (expected format {self._STATE_FORMAT!r})")
+        mismatched = self._config_mismatches(state["config"])
+        if mismatched:
+            raise ValueError(f"the state dict was made with other {self._SETTINGS_NAME} settings (" + "; ".join(mismatched)
+                             + "); build the pruner with the same settings")
+        sizes = [len(group[0].idxs) for _, group in self.groups]
+        if state["groups"] != self.group_names() or state["group_sizes"] != sizes:
+            raise ValueError("the state dict belongs to another architecture: its prunable layers "
+                             f"{list(zip(state['groups'], state['group_sizes']))[:4]}... do not match this model's "
+                             f"{list(zip(self.group_names(), sizes))[:4]}...")
+        if bool(state["finalized"]) != self.finalized:
+            raise ValueError("the state dict was saved after finalize() and this pruner is not finalized (or the "
+                             "reverse); load the finalized model with torch.load instead")
+        checked = self._check_state(state)
+        self.masks = [None if m is None else m.clone().bool().cpu() for m in state["masks"]]
+        for i, keep in enumerate(self.masks):
+            if keep is not None:
+                self._apply_mask(i, keep)
+        if bool(state.get("fixed", False)) != self.fixed:
+            self._set_fixed(bool(state.get("fixed", False)))
+        self.num_updates = int(state["num_updates"])
+        self.num_steps = int(state["num_steps"])
+        self.history = copy.deepcopy(state["history"])
+        self._load_state(state, checked)
+
+
+def _param_shapes(module: nn.Module) -> Dict[str, tuple]:
+    # by leaf name: a framework that re-hosts the parameters in a child (NNI's wrapper) changes nothing
+    return {n.rsplit(".", 1)[-1]: tuple(p.shape) for n, p in module.named_parameters()}
