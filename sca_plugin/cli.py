@@ -195,13 +195,9 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .plots import load_runs, make_report
-    from .reporting import find_runs, label_runs
+    from .plots import report
 
-    runs = label_runs(load_runs(find_runs(args.run_dirs)))
-    out = args.out or str(Path(args.run_dirs[0]) / "report")
-    paths = make_report(runs, out)
-    for p in paths:
+    for p in report(args.run_dirs, args.out):
         print(p)
     return 0
 

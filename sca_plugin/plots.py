@@ -39,6 +39,7 @@ __all__ = [
     "plot_final_channels",
     "plot_importance_distribution",
     "make_report",
+    "report",
     "report_table",
     "FIGURE_FILES",
     "RunNotFoundError",
@@ -778,17 +779,31 @@ def make_report(run_dirs: Union[RunLike, Sequence[RunLike]], out_dir: PathLike, 
     return written
 
 
+def report(run_dirs: Sequence[PathLike], out_dir: Optional[PathLike] = None) -> List[Path]:
+    """What ``sca-prune report`` does: the runs in ``run_dirs`` (run folders, metrics.json files,
+    or folders holding run folders) reported into ``out_dir`` (default ``<first run>/report``) by
+    :func:`make_report`; ValueError names what is missing."""
+    from .reporting import find_runs
+
+    runs = load_runs(find_runs(run_dirs))
+    return make_report(runs, out_dir if out_dir is not None else Path(run_dirs[0]) / "report")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m sca_plugin.plots``: an alias of ``sca-prune report`` kept for earlier scripts
+    (same report, same exit codes: 2 on a user error)."""
     parser = argparse.ArgumentParser(prog="python -m sca_plugin.plots",
-                                     description="Figures and a markdown report from sca-prune run directories.")
-    parser.add_argument("runs", nargs="+", help="run directories (holding metrics.json) or metrics.json files")
+                                     description="Alias of `sca-prune report`: figures and a markdown report "
+                                                 "from sca-prune run directories.")
+    parser.add_argument("runs", nargs="+", help="run directories (holding metrics.json), metrics.json files, "
+                                                "or folders holding run directories")
     parser.add_argument("-o", "--out", default="report", help="output directory (default: ./report)")
     args = parser.parse_args(argv)
     try:
-        paths = make_report(load_runs(args.runs), args.out)
+        paths = report(args.runs, args.out)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"sca-prune: error: {e}", file=sys.stderr)
+        return 2
     for p in paths:
         print(p)
     return 0

@@ -285,7 +285,7 @@ def test_importing_sca_plugin_does_not_import_matplotlib():
 def test_cli(run_dirs, tmp_path, capsys):
     assert plots.main([str(d) for d in run_dirs] + ["-o", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / "report.md").exists()
-    assert plots.main([str(tmp_path / "nothing"), "-o", str(tmp_path / "cli2")]) == 1
+    assert plots.main([str(tmp_path / "nothing"), "-o", str(tmp_path / "cli2")]) == 2  # as sca-prune report
     assert "does not exist" in capsys.readouterr().err
 
 
