@@ -199,7 +199,7 @@ class SCAPruner(Pruner):
         regrow_signal: ``'mean'`` (default) or ``'last'`` ``|dL/dgamma|`` since the last update.
         min_channels / round_to: floors of the kept channel count per group.
         l1: L1 penalty ``l1 * sign(W)`` added to conv-weight gradients before every optimizer step
-            during ``compress()`` (reference code uses 3e-5; 0 disables).
+            during ``compress()``; default 3e-5, as the core pruner and the reference code (0 disables).
         forward_fn: ``forward_fn(model, example_inputs)`` for models not called as ``model(x)``.
 
     Layers that ``op_types`` / ``op_names_re`` select but SCA cannot prune (channels that are the
@@ -216,7 +216,7 @@ class SCAPruner(Pruner):
                  regrow_ratio: float = 0.1, interval_steps: int = 100,
                  total_times: int | Literal["unlimited"] = "unlimited", example_inputs: Any = None, *,
                  definition: str = "spike_plus_v", mode: str = "rebuild", min_channels: int = 1,
-                 round_to: Optional[int] = None, l1: float = 0.0, forward_fn=None, masking: str = "reset",
+                 round_to: Optional[int] = None, l1: float = 3e-5, forward_fn=None, masking: str = "reset",
                  regrow_signal: str = "mean",
                  existed_wrappers: Optional[Dict[str, ModuleWrapper]] = None):
         # ---- everything below is checked before the model is traced or wrapped
