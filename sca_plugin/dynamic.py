@@ -174,6 +174,19 @@ class DynamicChannelPruner(SpikingMetaPruner):
         self._detach_collectors()
         self._masker.remove()
 
+    def remove(self) -> None:
+        """Remove every hook, forward mask and statistics collector this pruner installed, leaving
+        the model a plain module (as SpikingJelly's monitors' ``remove_hooks``). Parameters stay as
+        they are: masked channels are no longer masked. The pruner is unusable afterwards; to keep
+        the pruned structure, call :meth:`finalize` instead. Idempotent."""
+        if not getattr(self, "_removed", False) and not self.finalized:
+            self._uninstall()
+        self._removed = True
+
+    def _check_usable(self, what: str) -> None:
+        if getattr(self, "_removed", False):
+            raise RuntimeError(f"{what} after remove(): this pruner removed its hooks; build a new one")
+
     def _attach_collectors(self) -> None:
         """Extension point: install the method's statistics collectors."""
 
@@ -227,6 +240,7 @@ class DynamicChannelPruner(SpikingMetaPruner):
 
     def _begin_update(self) -> None:
         """The checks every update starts with."""
+        self._check_usable("update_masks()")
         if self.finalized:
             raise RuntimeError("update_masks() after finalize(): the masked channels are already removed")
         if self.fixed:
@@ -281,6 +295,7 @@ class DynamicChannelPruner(SpikingMetaPruner):
         :meth:`finalize`): the masked channels are zeroed once, masked exactly from now on (no
         straight-through gradient; in ``"soft"`` mode they no longer revive), and ``update_masks()``
         refuses. Training then trains exactly the network that :meth:`finalize` will keep."""
+        self._check_usable("fix_masks()")
         if self.finalized:
             raise RuntimeError("fix_masks() after finalize(): the masked channels are already removed")
         if self.masks[0] is None:
@@ -339,6 +354,7 @@ class DynamicChannelPruner(SpikingMetaPruner):
         RuntimeError is raised. Afterwards rebuild the optimizer (:meth:`rebuild_optimizer`): the
         pruned layers hold new parameter tensors.
         """
+        self._check_usable("finalize()")
         if self.finalized:
             raise RuntimeError("finalize() was already called: the masked channels are removed")
         if self.masks[0] is None:

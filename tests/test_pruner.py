@@ -376,3 +376,33 @@ def test_pruner_built_right_after_a_training_forward_sees_the_same_graph(digits_
     a = SCAPruner(fresh, x[:2], ignored_layers=[fresh.classifier], root_module_types=(nn.Conv2d, nn.Linear))
     b = SCAPruner(used, x[:2], ignored_layers=[used.classifier], root_module_types=(nn.Conv2d, nn.Linear))
     assert a.group_names() == b.group_names() and len(b.group_names()) == 3
+
+
+@pytest.mark.parametrize("kind", ["sca", "sdsnn"])
+def test_remove_takes_off_everything_the_pruner_installed(kind, digits_batch):
+    from sca_plugin import SDSNNPruner
+
+    x, y = digits_batch
+    torch.manual_seed(0)
+    model = digits_cnn(T=2, width=0.5)
+    hooks = lambda: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)  # noqa: E731
+                        for m in model.modules())
+    before = hooks()
+    if kind == "sca":
+        pruner = SCAPruner(model, x[:2], ignored_layers=[model.classifier], pruning_ratio=0.5)
+    else:
+        pruner = SDSNNPruner(model, x[:2], ignored_layers=[model.classifier], N=1)
+    assert hooks() > before
+    train_steps(model, x, y, 1, pruner)
+    pruner.update_masks()
+    pruner.remove()
+    pruner.remove()  # idempotent
+    assert hooks() == before
+    if kind == "sca":
+        assert all(not bn.weight._backward_hooks for bn in model.modules() if isinstance(bn, nn.BatchNorm2d))
+        pruner.importance.reset()
+        train_steps(model, x, y, 1)
+        assert not any(pruner.importance.has_statistics(g) for _, g in pruner.groups)  # nothing records any more
+    for call in (pruner.update_masks, pruner.fix_masks, pruner.finalize):
+        with pytest.raises(RuntimeError, match=r"after remove\(\)"):
+            call()
