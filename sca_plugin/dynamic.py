@@ -397,8 +397,16 @@ class DynamicChannelPruner(SpikingMetaPruner):
         """The settings a state dict must have been made with (compared on loading)."""
         return {}
 
+    #: the settings of :meth:`_config` a loaded state must match (None: all of them), and the value
+    #: of a setting that states written by earlier versions lack (their behaviour)
+    _COMPARED_KEYS: Optional[Sequence[str]] = None
+    _LEGACY_DEFAULTS: Dict[str, Any] = {}
+
     def _config_mismatches(self, saved: dict) -> List[str]:
-        return [f"{k}: saved {saved.get(k)!r}, here {v!r}" for k, v in self._config().items() if saved.get(k) != v]
+        here = self._config()
+        keys = here if self._COMPARED_KEYS is None else self._COMPARED_KEYS
+        return [f"{k}: saved {saved.get(k, self._LEGACY_DEFAULTS.get(k))!r}, here {here[k]!r}"
+                for k in keys if saved.get(k, self._LEGACY_DEFAULTS.get(k)) != here[k]]
 
     def _collector_state(self) -> Dict[str, Any]:
         """Extension point: the method's own entries of :meth:`state_dict`."""

@@ -97,6 +97,8 @@ class SCAPruner(DynamicChannelPruner):
     """
 
     _STATE_FORMAT = "sca_plugin.SCAPruner/1"
+    _COMPARED_KEYS = _CONFIG_KEYS
+    _LEGACY_DEFAULTS = _CONFIG_DEFAULTS
 
     def __init__(
         self,
@@ -391,11 +393,6 @@ class SCAPruner(DynamicChannelPruner):
                 "max_pruning_ratio": self.max_pruning_ratio,
                 "pruning_ratio_dict": {",".join(self.module_names[m] for m in key): r
                                        for key, r in self.pruning_ratio_dict.items()}}
-
-    def _config_mismatches(self, saved: dict) -> List[str]:
-        here = self._config()
-        return [f"{k}: saved {saved.get(k, _CONFIG_DEFAULTS.get(k))!r}, here {here[k]!r}"
-                for k in _CONFIG_KEYS if saved.get(k, _CONFIG_DEFAULTS.get(k)) != here[k]]
 
     def _collector_state(self) -> Dict[str, Any]:
         names = self.module_names

@@ -120,3 +120,21 @@ def trained_digits_pruner(digits_batch, **kw):
     train_steps(model, x, y, 2, pruner)
     pruner.update_masks()
     return model, pruner
+
+
+def nni_evaluator(model, x, y, lr=0.05, momentum=0.9, dummy_input=None):
+    """An NNI ``TorchEvaluator`` that trains ``model`` on the one batch ``(x, y)`` for ``max_steps``."""
+    import nni
+    from nni.compression import TorchEvaluator
+
+    def training_func(model, optimizers, training_step, lr_schedulers=None, max_steps=None, max_epochs=None):
+        model.train()
+        for _ in range(max_steps):
+            loss = training_step((x, y), model)
+            optimizers.zero_grad()
+            loss.backward()
+            optimizers.step()
+            functional.reset_net(model)
+
+    return TorchEvaluator(training_func, nni.trace(torch.optim.SGD)(model.parameters(), lr=lr, momentum=momentum),
+                          lambda batch, model: F.cross_entropy(model(batch[0]), batch[1]), dummy_input=dummy_input)

@@ -11,14 +11,10 @@ import json
 import os
 from pathlib import Path
 
-import nni
 import pytest
 import torch
-import torch.nn.functional as F
-from nni.compression import TorchEvaluator
-from spikingjelly.activation_based import functional
 
-from tests.helpers import train_steps
+from tests.helpers import nni_evaluator, train_steps
 from sca_plugin import SCAPruner, SDSNNPruner
 from sca_plugin.models import digits_cnn, resnet19
 from sca_plugin.nni import ModelSpeedup, NNIBuiltinPruning
@@ -66,20 +62,6 @@ def _core_run(arch: str, epochs: int = 4, **kw) -> dict:
     return {"widths_before": before, "masks": masks, "history": _history(pruner.history), "widths": _widths(model, x[:2])}
 
 
-def _evaluator(model, x, y, dummy_input=None):
-    def training_func(model, optimizers, training_step, lr_schedulers=None, max_steps=None, max_epochs=None):
-        model.train()
-        for _ in range(max_steps):
-            loss = training_step((x, y), model)
-            optimizers.zero_grad()
-            loss.backward()
-            optimizers.step()
-            functional.reset_net(model)
-
-    return TorchEvaluator(training_func, nni.trace(torch.optim.SGD)(model.parameters(), lr=0.05, momentum=0.9),
-                          lambda batch, model: F.cross_entropy(model(batch[0]), batch[1]), dummy_input=dummy_input)
-
-
 def _nni_masks(model, masks) -> dict:
     out = {}
     for name, targets in sorted(masks.items()):
@@ -94,7 +76,7 @@ def _nni_sca_run() -> dict:
     model = digits_cnn(T=2, width=0.5)
     x, y = _data()
     config = [{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "global_group_id": 0}]
-    pruner = NNISCAPruner(model, config, _evaluator(model, x, y, dummy_input=x[:2]), regrow_ratio=0.1,
+    pruner = NNISCAPruner(model, config, nni_evaluator(model, x, y, dummy_input=x[:2]), regrow_ratio=0.1,
                           interval_steps=2)
     before = _widths(model, x[:2])
     _, masks = pruner.compress(max_steps=6)
@@ -110,7 +92,7 @@ def _nni_builtin_run(name: str) -> dict:
     train_steps(model, x, y, 2)
     before = _widths(model, x[:2])
     pruning = NNIBuiltinPruning(model, x[:2], name, 0.5, ignored_layers=[model.classifier])
-    evaluator = _evaluator(model, x, y) if name in ("slim", "taylor") else None
+    evaluator = nni_evaluator(model, x, y) if name in ("slim", "taylor") else None
     masks = pruning.compute_masks(evaluator, 2)
     ModelSpeedup(model, x[:2], masks).speedup_model()
     return {"widths_before": before, "masks": _nni_masks(model, masks), "widths": _widths(model, x[:2])}

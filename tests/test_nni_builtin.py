@@ -4,13 +4,9 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 pytest.importorskip("nni")
 
-import nni  # noqa: E402
-from nni.compression import TorchEvaluator  # noqa: E402
-from spikingjelly.activation_based import functional  # noqa: E402
 
 from sca_plugin.config import ConfigError, TrainConfig  # noqa: E402
 from sca_plugin.models import digits_cnn, preact_resnet18, resnet19  # noqa: E402
@@ -18,7 +14,7 @@ from sca_plugin.nni import NNIBuiltinPruning  # noqa: E402
 from sca_plugin.reporting import model_stats  # noqa: E402
 from sca_plugin.runner import run_training  # noqa: E402
 
-from tests.helpers import assert_unchanged, masked_copy, outputs64, snapshot  # noqa: E402
+from tests.helpers import assert_unchanged, masked_copy, nni_evaluator, outputs64, snapshot  # noqa: E402
 
 
 def _x(T=2, B=4, C=1, H=8):
@@ -26,17 +22,7 @@ def _x(T=2, B=4, C=1, H=8):
 
 
 def _evaluator(model, x, y):
-    def training_func(model, optimizers, training_step, lr_schedulers=None, max_steps=None, max_epochs=None):
-        model.train()
-        for _ in range(max_steps):
-            loss = training_step((x, y), model)
-            optimizers.zero_grad()
-            loss.backward()
-            optimizers.step()
-            functional.reset_net(model)
-
-    return TorchEvaluator(training_func, nni.trace(torch.optim.SGD)(model.parameters(), lr=0.01),
-                          lambda batch, model: F.cross_entropy(model(batch[0]), batch[1]))
+    return nni_evaluator(model, x, y, lr=0.01, momentum=0.0)
 
 
 @pytest.mark.parametrize("name", ["l1norm", "fpgm", "slim", "taylor"])
