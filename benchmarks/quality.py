@@ -41,13 +41,12 @@ from typing import Any, Dict, List, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, _clean, machine_info  # noqa: E402  (also puts the repo on sys.path)
 
-from sca_plugin.config import EMERGENT_SPARSITY, METHODS, RUN_FREE_FIELDS, ConfigError, TrainConfig  # noqa: E402
+from sca_plugin.config import RUN_FREE_FIELDS, ConfigError, TrainConfig  # noqa: E402
+from sca_plugin.methods import get_method, method_names  # noqa: E402
 
 SHARED_KEYS = ("dataset", "model", "width", "time_steps", "epochs", "batch_size", "lr", "train_limit", "test_limit")
 REQUIRED_KEYS = ("dataset", "model", "seeds", "methods")
 ALL_KEYS = set(SHARED_KEYS) | {"seeds", "ratios", "methods", "overrides", "variants", "train", "name", "paired_with"}
-#: rows that are built-in pruners of Torch-Pruning or NNI (for "the best built-in" of a ratio)
-BUILTIN_METHODS = ("l1", "l2", "bnscale", "taylor", "lamp", "random", "nni-l1norm", "nni-fpgm", "nni-slim", "nni-taylor")
 #: classes of the datasets, for the collapse check of runs made before metrics.json recorded it
 _NUM_CLASSES = {"cifar100": 100, "dvs-gesture": 11}
 # settings the harness controls itself; a config may not set them
@@ -77,17 +76,19 @@ def load_bench_config(path) -> Dict[str, Any]:
         raise ConfigError(f"{path}: missing key(s) {missing}")
     variants = data.get("variants") or {}
     for row, v in variants.items():
-        if row in METHODS:
+        if _method_spec(row) is not None:
             raise ConfigError(f"{path}: variant {row!r} has the name of a method; give it another name")
-        if not isinstance(v, dict) or v.get("method") not in METHODS:
-            raise ConfigError(f"{path}: variant {row!r} needs 'method: <one of {', '.join(METHODS)}>'")
+        if not isinstance(v, dict) or _method_spec(v.get("method")) is None:
+            raise ConfigError(f"{path}: variant {row!r} needs 'method: <one of {', '.join(method_names())}>' "
+                              "(or module:name of a registered method)")
         clash = sorted(set(v) & (HARNESS_FIELDS - {"method"}))
         if clash:
             raise ConfigError(f"{path}: variant {row!r} sets {clash}, which the harness sets itself")
-    bad = [m for m in data["methods"] if m not in METHODS and m not in variants]
+    bad = [m for m in data["methods"] if m not in variants and _method_spec(m) is None]
     if bad:
-        raise ConfigError(f"{path}: unknown method(s) {bad}; use {', '.join(METHODS)} or a name from 'variants'")
-    if any(row_method(data, m) not in EMERGENT_SPARSITY for m in data["methods"]) and not data.get("ratios"):
+        raise ConfigError(f"{path}: unknown method(s) {bad}; use {', '.join(method_names())}, module:name of a "
+                          "registered method, or a name from 'variants'")
+    if any(not get_method(row_method(data, m)).emergent_sparsity for m in data["methods"]) and not data.get("ratios"):
         raise ConfigError(f"{path}: pruning methods need a non-empty 'ratios' list")
     for m, ov in (data.get("overrides") or {}).items():
         if m not in data["methods"]:
@@ -100,6 +101,14 @@ def load_bench_config(path) -> Dict[str, Any]:
         raise ConfigError(f"{path}: 'train' sets {clash}; set them at the top level (or not at all)")
     data.setdefault("name", p.stem)
     return data
+
+
+def _method_spec(name: Any):
+    """The registered method ``name`` (``sca_plugin.methods``), or None."""
+    try:
+        return get_method(name)
+    except ValueError:
+        return None
 
 
 def row_method(cfg: Dict[str, Any], row: str) -> str:
@@ -119,7 +128,7 @@ def plan_runs(cfg: Dict[str, Any], runs_dir: Path) -> List[Dict[str, Any]]:
     plan = []
     for row in cfg["methods"]:
         method = row_method(cfg, row)
-        emergent = method in EMERGENT_SPARSITY
+        emergent = get_method(method).emergent_sparsity
         ratios = [0.0] if emergent else [float(r) for r in cfg["ratios"]]
         for ratio in ratios:
             for seed in cfg["seeds"]:
@@ -284,6 +293,7 @@ def summarize_runs(metrics: Dict[str, Dict[str, Any]], rows: Optional[Dict[str, 
     groups = []
     for g in group_runs(runs):
         rs = g["runs"]
+        spec = _spec_of(rs[0])
         layers = list((rs[0].get("channels") or {}).get("before") or {})
         channels = {n: _mean_std((r.get("channels") or {}).get("after", {}).get(n) for r in rs) for n in layers}
         groups.append({
@@ -308,7 +318,8 @@ def summarize_runs(metrics: Dict[str, Dict[str, Any]], rows: Optional[Dict[str, 
             "regrow_ratio": rs[0].get("regrow_ratio"),
             "oneshot_epoch": _effective(rs[0], "effective_oneshot_epoch"),
             "schedule": _schedule(rs[0]),
-            "emergent_sparsity": (rs[0].get("config") or {}).get("method") in EMERGENT_SPARSITY,
+            "emergent_sparsity": bool(spec and spec.emergent_sparsity),
+            "baseline": bool(spec and spec.baseline),
             "channel_sparsity": _mean_std(_channel_sparsity(r) for r in rs)["mean"],
             "connectivity": _mean_std((r.get("connectivity") or {}).get("total") for r in rs)["mean"],
             "wall_time_s_mean": _mean_std(r.get("wall_time_s") for r in rs)["mean"],
@@ -331,7 +342,8 @@ def run_collapse(run: Dict[str, Any]) -> Dict[str, Any]:
 
 def paired_differences(groups: List[Dict[str, Any]], paired_with: Sequence[str] = ()) -> None:
     """Add to every group, per ratio, the paired (same seeds) difference of its accuracy to the best
-    built-in row (highest mean among :data:`BUILTIN_METHODS`) and to each row in ``paired_with``:
+    built-in row (highest mean among the methods registered as ``baseline``: Torch-Pruning's and NNI's
+    built-ins) and to each row in ``paired_with``:
     mean and 95% t-interval of the per-seed differences, in ``group["paired"][reference]``."""
     import numpy as np
     from scipy import stats
@@ -341,7 +353,7 @@ def paired_differences(groups: List[Dict[str, Any]], paired_with: Sequence[str] 
         if not g.get("emergent_sparsity"):
             by_ratio.setdefault(g["pruning_ratio"], []).append(g)
     for ratio, gs in by_ratio.items():
-        builtins = [g for g in gs if g["base_method"] in BUILTIN_METHODS and g["accuracy_mean"] is not None]
+        builtins = [g for g in gs if g.get("baseline") and g["accuracy_mean"] is not None]
         refs = {}
         if builtins:
             best = max(builtins, key=lambda g: g["accuracy_mean"])
@@ -393,6 +405,11 @@ def _channel_sparsity(run: Dict[str, Any]) -> Optional[float]:
     return 1.0 - after / before if before else None
 
 
+def _spec_of(run: Dict[str, Any]):
+    """The registered method of a finished run (None if it is not registered in this process)."""
+    return _method_spec((run.get("config") or {}).get("method", run.get("method")))
+
+
 def _effective(run: Dict[str, Any], prop: str):
     """A derived TrainConfig setting of a finished run (from its saved config)."""
     try:
@@ -406,23 +423,24 @@ def _schedule(run: Dict[str, Any]) -> str:
         c = TrainConfig.from_dict(run.get("config") or {})
     except ConfigError:
         return "?"
-    if c.method == "dense":
+    spec = c.spec
+    if spec.kind == "dense":
         return "no pruning"
-    if c.method == "sdsnn":
+    if spec.kind == "sdsnn":
         return (f"SD-SNN structural development each epoch for {c.epochs - c.effective_fixed_mask_epochs} of "
                 f"{c.epochs} epochs (sparsity emerges; N = {c.effective_sdsnn_n}, "
                 f"initial conv rate {c.sdsnn_initial_rate:g}%, regeneration cap {c.sdsnn_regen_cap:g}, "
                 f"ranges on {c.sdsnn_range_layers} layers)")
     rank = "global ranking" if c.effective_global_pruning else "per-layer ranking"
     extra = []
-    if c.effective_regrow_ratio and c.method != "sca-prune-only":
+    if c.effective_regrow_ratio:
         extra.append(f"regrow_ratio {c.effective_regrow_ratio:g}")
     if c.effective_bn_l1:
         extra.append(f"BN-scale L1 {c.effective_bn_l1:g}")
-    if c.method in ("nni-slim", "nni-taylor"):
+    if spec.nni_training:
         extra.append(f"+{c.nni_training_steps} NNI scoring steps")
-    if c.method == "random-init":
-        what = "random mask fixed before training"
+    if spec.kind == "init":
+        what = spec.description
     elif c.effective_oneshot_epoch is not None:
         what = f"one-shot after epoch {c.effective_oneshot_epoch}, then fine-tuning"
     else:

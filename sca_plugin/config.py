@@ -10,22 +10,16 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .masking import MASKINGS
+from .methods import MethodSpec, get_method, method_names
 from .regrowth import REGROW_SIGNALS
 from .schedule import SCHEDULES
 from .selection import MODES
 
-__all__ = ["METHODS", "NNI_METHODS", "EMERGENT_SPARSITY", "DYNAMIC_METHODS", "PRESETS", "RUN_FREE_FIELDS",
-           "TrainConfig", "ConfigError", "load_config_file"]
+__all__ = ["METHODS", "PRESETS", "RUN_FREE_FIELDS", "TrainConfig", "ConfigError", "load_config_file"]
 
-#: pruning methods: SCA variants, the paper's ablation, and Torch-Pruning's built-in criteria
-METHODS = ("dense", "sca", "sca-prune-only", "random-init", "l1", "l2", "bnscale", "taylor", "lamp", "random",
-           "nni-l1norm", "nni-fpgm", "nni-slim", "nni-taylor", "sdsnn")
-#: methods whose sparsity emerges during training instead of following --pruning-ratio
-EMERGENT_SPARSITY = ("dense", "sdsnn")
-#: NNI 3.0 built-in pruners: one-shot, then fine-tuning; removed through sca_plugin.nni.ModelSpeedup
-NNI_METHODS = tuple(m for m in METHODS if m.startswith("nni-"))
-#: methods whose masks change during training (unless --oneshot-epoch makes them one-shot)
-DYNAMIC_METHODS = tuple(m for m in METHODS if m not in ("dense", "random-init") + NNI_METHODS)
+#: the built-in pruning methods (``sca_plugin.methods``; ``register_method`` adds yours): SCA, the
+#: paper's ablation, Torch-Pruning's and NNI's built-in criteria, SD-SNN
+METHODS = method_names()
 
 #: named bundles of settings (``--preset``); flags and config-file keys given explicitly win.
 #: ``paper``: what the SCA reference code (GitHub lyn888/sca, first commit) trains with: SGD lr 0.01,
@@ -107,7 +101,7 @@ class TrainConfig:
     neuron: str = field(default="if", metadata={"help": "if, lif or plif"})
     step_mode: str = field(default="m", metadata={"help": "m (multi-step) or s (single-step)"})
     time_steps: int = field(default=4, metadata={"help": "T for static images (direct encoding) and event frames"})
-    method: str = field(default="sca", metadata={"help": ", ".join(METHODS)})
+    method: str = field(default="sca", metadata={"help": ", ".join(METHODS) + ", or module:name (a method your module registers with sca_plugin.methods.register_method)"})
     pruning_ratio: float = field(default=0.5, metadata={"help": "fraction of prunable channels removed"})
     regrow_ratio: Optional[float] = field(default=None, metadata={"help": "fraction regrown per update (default 0.1 for sca, else 0)"})
     regrow_decay: str = field(default="constant", metadata={"help": "constant (paper: the same regrow ratio at every update) or cosine (RigL-style decay to 0 by the last mask update)"})
@@ -163,8 +157,10 @@ class TrainConfig:
 
         def bad(msg: str) -> ConfigError:
             return ConfigError(msg)
-        if self.method not in METHODS:
-            raise bad(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        try:
+            spec = get_method(self.method)
+        except ValueError as e:
+            raise ConfigError(str(e), key="method") from None
         if self.preset is not None and self.preset not in PRESETS:
             raise bad(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
         for name, allowed in (("mode", MODES), ("masking", MASKINGS), ("regrow_signal", REGROW_SIGNALS)):
@@ -177,21 +173,25 @@ class TrainConfig:
             raise bad(f"step_mode must be 'm' or 's', got {self.step_mode!r}")
         if self.regrow_decay not in ("constant", "cosine"):
             raise bad(f"regrow_decay must be 'constant' or 'cosine', got {self.regrow_decay!r}")
-        if self.regrow_decay == "cosine" and (self.method == "sca-prune-only" or not self.effective_regrow_ratio):
+        if spec.kind == "sdsnn" and (self.regrow_ratio or self.oneshot_epoch is not None):
+            raise bad("sdsnn regenerates synapses by its own rule and develops its structure every epoch: "
+                      "drop --regrow-ratio / --oneshot-epoch")
+        if self.regrow_ratio and not spec.regrows:
+            what = "prunes nothing" if spec.kind == "dense" else "prunes once and never regrows" if spec.one_shot \
+                else "never regrows channels"
+            raise bad(f"method {self.method!r} {what}: drop --regrow-ratio")
+        if self.regrow_decay == "cosine" and not self.effective_regrow_ratio:
             raise bad(f"--regrow-decay cosine decays regrowth, but method {self.method!r} regrows nothing here; "
                       "set --regrow-ratio > 0 or drop --regrow-decay")
         if self.sca_normalizer is not None:
             if self.sca_normalizer not in ("mean", "max", "sum"):
                 raise bad(f"sca_normalizer must be mean, max or sum, got {self.sca_normalizer!r}")
-            if self.method not in ("sca", "sca-prune-only"):
+            if "sca_normalizer" not in spec.options:
                 raise bad(f"--sca-normalizer applies to the SCA methods, not {self.method!r}")
         if self.sdsnn_range_layers not in ("all", "last"):
             raise bad(f"sdsnn_range_layers must be 'all' or 'last', got {self.sdsnn_range_layers!r}")
         if self.sdsnn_n is not None and self.sdsnn_n < 1:
             raise bad(f"sdsnn_n must be at least 1, got {self.sdsnn_n}")
-        if self.method == "sdsnn" and (self.regrow_ratio or self.oneshot_epoch is not None):
-            raise bad("sdsnn regenerates synapses by its own rule and develops its structure every epoch: "
-                      "drop --regrow-ratio / --oneshot-epoch")
         if self.lr_schedule not in ("cosine", "step"):
             raise bad(f"lr_schedule must be 'cosine' or 'step', got {self.lr_schedule!r}")
         if not 0.0 < self.lr_gamma <= 1.0:
@@ -200,8 +200,7 @@ class TrainConfig:
             raise bad(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.schedule is not None and self.schedule not in SCHEDULES:
             raise bad(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.schedule not in (None, "constant") and (self.oneshot_epoch is not None
-                                                        or self.method not in DYNAMIC_METHODS or self.method == "sdsnn"):
+        if self.schedule not in (None, "constant") and (self.oneshot_epoch is not None or not spec.follows_schedule):
             raise bad(f"--schedule {self.schedule} ramps the sparsity over many mask updates, but method "
                       f"{self.method!r}{' with --oneshot-epoch' if self.oneshot_epoch is not None else ''} "
                       "prunes once (or never): drop --schedule")
@@ -210,12 +209,10 @@ class TrainConfig:
                 raise bad(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.pruning_ratio < 1.0:
             raise bad(f"pruning_ratio must be in [0, 1), got {self.pruning_ratio}")
-        if self.method == "dense" and self.pruning_ratio and self.regrow_ratio:
-            raise bad("method 'dense' prunes nothing: drop --regrow-ratio")
         if self.fixed_mask_epochs is not None and not 0 <= self.fixed_mask_epochs < self.epochs:
             raise bad(f"fixed_mask_epochs ({self.fixed_mask_epochs}) must be in [0, epochs={self.epochs}): "
                       "at least one epoch must update the masks")
-        if self.fixed_mask_epochs is None and self.epochs < 2 and self.method in DYNAMIC_METHODS \
+        if self.fixed_mask_epochs is None and self.epochs < 2 and spec.updates_masks \
                 and self.oneshot_epoch is None:
             raise bad(f"method {self.method!r} with 1 epoch would finalize a structure it never trained (the last "
                       "epoch trains the final structure with the masks fixed): use --epochs 2 or more, or "
@@ -224,9 +221,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise bad(f"{name} must be >= 0, got {value}")
-        if self.method in NNI_METHODS:
-            if self.regrow_ratio:
-                raise bad(f"{self.method} prunes once and never regrows: drop --regrow-ratio")
+        if spec.one_shot:
             if self.update_interval is not None:
                 raise bad(f"{self.method} prunes once (after --oneshot-epoch): drop --update-interval")
             if not 0.0 < self.pruning_ratio:
@@ -242,14 +237,12 @@ class TrainConfig:
 
     @property
     def effective_schedule(self) -> str:
-        """Cubic for the dynamic SCA methods (SCA and its prune-only ablation), which measured better
-        pruning gradually than at the full target from the first epoch; constant (the paper's) for
-        the other methods (BN-scale measured worse with the ramp) and for one-shot pruning."""
+        """The method's default (cubic for the dynamic SCA methods, SCA and its prune-only ablation,
+        which measured better pruning gradually than at the full target from the first epoch), else
+        constant (the paper's; BN-scale measured worse with the ramp; one-shot pruning)."""
         if self.schedule is not None:
             return self.schedule
-        if self.method in ("sca", "sca-prune-only") and self.oneshot_epoch is None:
-            return "cubic"
-        return "constant"
+        return self.spec.default(self, "schedule", "constant")
 
     @property
     def effective_ramp_updates(self) -> Optional[int]:
@@ -281,25 +274,32 @@ class TrainConfig:
     def effective_global_pruning(self) -> bool:
         if self.global_pruning is not None:
             return self.global_pruning
-        return self.method not in NNI_METHODS
+        return self.spec.default(self, "global_pruning", True)
 
     @property
     def effective_oneshot_epoch(self) -> Optional[int]:
-        if self.oneshot_epoch is None and self.method in NNI_METHODS:
-            return max(1, self.epochs // 4)
-        return self.oneshot_epoch
+        if self.oneshot_epoch is not None:
+            return self.oneshot_epoch
+        return self.spec.default(self, "oneshot_epoch", None)
 
     @property
     def effective_bn_l1(self) -> float:
         if self.bn_l1 is not None:
             return self.bn_l1
-        return 1e-4 if self.method == "bnscale" else 0.0
+        return self.spec.default(self, "bn_l1", 0.0)
 
     @property
     def effective_regrow_ratio(self) -> float:
+        if not self.spec.regrows:
+            return 0.0
         if self.regrow_ratio is not None:
             return self.regrow_ratio
-        return 0.1 if self.method == "sca" and self.oneshot_epoch is None else 0.0
+        return self.spec.default(self, "regrow_ratio", 0.0)
+
+    @property
+    def spec(self) -> MethodSpec:
+        """The registered method :attr:`method` names (``sca_plugin.methods``)."""
+        return get_method(self.method)
 
     def default_output_dir(self) -> str:
         model = self.model.replace(":", "_").replace("/", "_")

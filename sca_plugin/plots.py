@@ -49,7 +49,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 RunLike = Union[Mapping, PathLike]
 
 DPI = 130
-METHOD_ORDER = ("dense", "sca", "sca-prune-only", "random-init", "l1", "l2", "bnscale", "taylor", "lamp", "random")
 _METHOD_COLORS = {
     "dense": "#8c8c8c",
     "sca": "#1f77b4",
@@ -132,7 +131,11 @@ def _ratio(run: Mapping) -> float:
 
 
 def _method_key(m: str):
-    return (METHOD_ORDER.index(m), "") if m in METHOD_ORDER else (len(METHOD_ORDER), m)
+    """Registration order of the methods (``sca_plugin.methods``), then other labels by name."""
+    from .methods import method_names
+
+    order = method_names()
+    return (order.index(m), "") if m in order else (len(order), m)
 
 
 def _method_color(m: str) -> str:
@@ -238,7 +241,7 @@ def _mean(values) -> Optional[float]:
 def group_runs(runs: Union[RunLike, Sequence[RunLike]]) -> List[dict]:
     """Runs grouped by (dataset, model, method, pruning ratio); the dense method is put at ratio 0.
 
-    One dict per group, sorted by dataset, model, method (``METHOD_ORDER``) and ratio, with
+    One dict per group, sorted by dataset, model, method (registration order) and ratio, with
     ``dataset, model, method, pruning_ratio, seeds, n, runs``; ``accuracy_mean`` and
     ``accuracy_std`` (of ``accuracy.final``, a fraction; the sample standard deviation over seeds,
     ``ddof=1``, 0 for a single run; None when no run of the group has an accuracy) and

@@ -22,17 +22,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch_pruning as tp
 from spikingjelly.activation_based import functional
 
 from .collapse import collapse_check
-from .config import NNI_METHODS, RUN_FREE_FIELDS, ConfigError, TrainConfig
+from .config import RUN_FREE_FIELDS, ConfigError, TrainConfig
 from .distributed import rank, world_size
 from .files import atomic_save, atomic_write_text, keep_previous
 from .graph import replay_pruning
+from .methods import build_pruner
 from .importance import SCAImportance
 from .optim import rebuild_optimizer
-from .pruner import NonFiniteStatisticsError, SCAPruner
+from .pruner import NonFiniteStatisticsError
 from .reporting import model_stats, pruning_report
 
 __all__ = ["RunError", "run_training", "build_model", "unused_model_settings", "load_finalized_model",
@@ -148,80 +148,12 @@ def unused_model_settings(cfg: TrainConfig, data_kind: Optional[str] = None) -> 
     return _model_kwargs(cfg, _model_factory(cfg), 1, 1, (1, 1), data_kind)[1]
 
 
-def _classifier(model: nn.Module) -> nn.Module:
-    if isinstance(getattr(model, "classifier", None), nn.Module):
-        return model.classifier
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError("the model has no `classifier` attribute and no nn.Linear to treat as the output layer")
-    return linears[-1]
-
-
-_TP_IMPORTANCE = {
-    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
-    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
-    "bnscale": lambda: tp.importance.BNScaleImportance(),
-    "taylor": lambda: tp.importance.GroupTaylorImportance(),
-    "lamp": lambda: tp.importance.LAMPImportance(p=2),
-    "random": lambda: tp.importance.RandomImportance(),
-    "random-init": lambda: tp.importance.RandomImportance(),
-}
-
-
-def build_pruner(cfg: TrainConfig, model: nn.Module, example: Any, steps_per_epoch: int = 1) -> Optional[SCAPruner]:
-    if cfg.method == "dense" or cfg.method in NNI_METHODS:
-        return None
-    if cfg.method == "sdsnn":
-        from .sdsnn import SDSNNPruner
-
-        return SDSNNPruner(model, example, ignored_layers=[_classifier(model)], N=cfg.effective_sdsnn_n,
-                           initial_rate=cfg.sdsnn_initial_rate, initial_fc_rate=cfg.sdsnn_initial_fc_rate,
-                           regen_cap=cfg.sdsnn_regen_cap, range_layers=cfg.sdsnn_range_layers,
-                           update_interval=cfg.update_interval, masking=cfg.masking,
-                           root_module_types=(tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR))  # hidden FC layers too
-    importance = SCAImportance(normalizer=cfg.sca_normalizer) if cfg.method in ("sca", "sca-prune-only") \
-        else _TP_IMPORTANCE[cfg.method]()
-    regrow = 0.0 if cfg.method == "sca-prune-only" else cfg.effective_regrow_ratio
-    return SCAPruner(model, example, importance=importance, pruning_ratio=cfg.pruning_ratio, regrow_ratio=regrow,
-                     global_pruning=cfg.effective_global_pruning, ignored_layers=[_classifier(model)], l1=cfg.l1,
-                     bn_l1=cfg.effective_bn_l1,
-                     mode=cfg.mode, schedule=cfg.effective_schedule, ramp_updates=_ramp_updates(cfg, steps_per_epoch),
-                     update_interval=cfg.update_interval, regrow_decay=cfg.regrow_decay,
-                     masking=cfg.masking, regrow_signal=cfg.regrow_signal, max_pruning_ratio=cfg.max_pruning_ratio,
-                     regrow_decay_updates=_last_update(cfg, steps_per_epoch) if cfg.regrow_decay == "cosine" else None)
-
-
-def _nni_pruning(cfg: TrainConfig, model: nn.Module, example: Any):
-    """The NNI built-in pruning of an ``nni-*`` method on ``model`` (not run yet)."""
-    from .nni import NNIBuiltinPruning
-
-    return NNIBuiltinPruning(model, example, cfg.method[len("nni-"):], cfg.pruning_ratio,
-                             ignored_layers=[_classifier(model)], global_ranking=cfg.effective_global_pruning)
-
-
 def _check_method(cfg: TrainConfig, model: nn.Module, example: Any, steps_per_epoch: int) -> None:
     """Construct the run's pruner (or NNI pruning) on ``model``, which the caller then discards:
     the pruner's own checks of its arguments against each other and against the model (regrow vs
     pruning ratio, per-layer cap, groups, BatchNorms, ...) fail here, before the dense baseline
     trains or a file is written, by the code that would fail later (no copy of its rules)."""
-    if cfg.method in NNI_METHODS:
-        _nni_pruning(cfg, model, example)
-    else:
-        build_pruner(cfg, model, example, steps_per_epoch)
-
-
-def _ramp_updates(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """``cfg.effective_ramp_updates``; with ``update_interval`` the updates of the first quarter of the epochs."""
-    if cfg.effective_ramp_updates is not None:
-        return cfg.effective_ramp_updates
-    return max(1, (max(1, cfg.epochs // 4) * steps_per_epoch) // cfg.update_interval)
-
-
-def _last_update(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """0-based index of the last mask update of a dynamic run (where cosine regrowth reaches 0)."""
-    epochs = cfg.epochs - cfg.effective_fixed_mask_epochs
-    updates = epochs if cfg.update_interval is None else (epochs * steps_per_epoch) // cfg.update_interval
-    return max(1, updates - 1)
+    build_pruner(cfg, model, example, steps_per_epoch)
 
 
 class _NNIOneShot:
@@ -235,9 +167,10 @@ class _NNIOneShot:
 
     def __call__(self, epoch: int, optimizer, scheduler):
         cfg, model = self.cfg, self.model
-        name = cfg.method[len("nni-"):]
-        pruning = _nni_pruning(cfg, model, self.example)
-        evaluator = self._evaluator(optimizer) if name in ("slim", "taylor") else None
+        spec = cfg.spec
+        name = spec.nni_pruner
+        pruning = build_pruner(cfg, model, self.example)
+        evaluator = self._evaluator(optimizer) if spec.nni_training else None
         names_before = {id(p): n for n, p in model.named_parameters()}
         pruning.prune(evaluator, cfg.nni_training_steps)
         speedup = pruning.speedup
@@ -290,7 +223,7 @@ class _NNIOneShot:
 
 def _updates_in_epoch(cfg: TrainConfig, epoch: int) -> bool:
     """Whether masks change during/after 0-based ``epoch``."""
-    if cfg.method in ("dense", "random-init"):
+    if cfg.spec.kind in ("dense", "init"):
         return False
     if cfg.effective_oneshot_epoch is not None:
         return epoch + 1 == cfg.effective_oneshot_epoch
@@ -512,12 +445,12 @@ def _run(cfg, out, checkpoint, device, start, log, on_epoch_end, backend) -> Dic
 
     out.mkdir(parents=True, exist_ok=True)
     baseline = _dense_baseline(cfg, out, splits, train_loader, test_loader, example, device, log) \
-        if cfg.dense_baseline and cfg.method != "dense" else None
+        if cfg.dense_baseline and cfg.spec.kind != "dense" else None
     _seed_all(cfg.seed)
     model = build_model(cfg, splits.num_classes, splits.in_channels, splits.input_size, data_kind=splits.kind).to(device)
     generator.manual_seed(cfg.seed)
-    pruner = build_pruner(cfg, model, example, len(train_loader))
-    oneshot = _NNIOneShot(cfg, model, example, train_loader, splits.kind, device) if cfg.method in NNI_METHODS else None
+    oneshot = _NNIOneShot(cfg, model, example, train_loader, splits.kind, device) if cfg.spec.kind == "nni" else None
+    pruner = None if oneshot is not None else build_pruner(cfg, model, example, len(train_loader))
     if checkpoint is not None and (checkpoint.get("nni") or {}).get("removed_channels") is not None:
         oneshot.record = checkpoint["nni"]
         replay_pruning(model, example, oneshot.history())  # the structure the checkpoint was saved with
@@ -534,7 +467,7 @@ def _run(cfg, out, checkpoint, device, start, log, on_epoch_end, backend) -> Dic
         epochs_log = checkpoint["epochs_log"]
         first_epoch = int(checkpoint["epoch"])
         log(f"resuming {out} after epoch {first_epoch}")
-    elif cfg.method == "random-init":
+    elif cfg.spec.kind == "init":
         pruner.update_masks()  # the paper's ablation: a random mask fixed before training
         pruner.fix_masks()
     writer = _tensorboard(out) if cfg.tensorboard else None
@@ -740,7 +673,7 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
         "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method, "pruning_ratio": cfg.pruning_ratio,
         # settings the model factory does not take (at their defaults; others are refused): not applied
         "model_settings_unused": unused_model_settings(cfg, splits.kind),
-        "regrow_ratio": 0.0 if cfg.method == "sca-prune-only" else cfg.effective_regrow_ratio,
+        "regrow_ratio": cfg.effective_regrow_ratio,
         "seed": cfg.seed, "epochs": cfg.epochs, "time_steps": cfg.time_steps,
         "simulated_data": bool(splits.simulated), "data_description": splits.description,
         "input_shape": [splits.in_channels, *splits.input_size], "data_kind": splits.kind,

@@ -138,3 +138,30 @@ def nni_evaluator(model, x, y, lr=0.05, momentum=0.9, dummy_input=None):
 
     return TorchEvaluator(training_func, nni.trace(torch.optim.SGD)(model.parameters(), lr=lr, momentum=momentum),
                           lambda batch, model: F.cross_entropy(model(batch[0]), batch[1]), dummy_input=dummy_input)
+
+
+def importable_module(tmp_path, monkeypatch, name, source):
+    """``<tmp_path>/project/<name>.py`` holding ``source``, that folder the current one and first on
+    ``sys.path`` (as the CLI puts it), ``name`` not yet imported; monkeypatch restores it all. The
+    caller drops ``sys.modules[name]`` afterwards."""
+    import sys
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(source)
+    monkeypatch.setattr(sys, "path", [str(folder), *sys.path])
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def load_benchmark(name):
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

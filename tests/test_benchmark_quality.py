@@ -1,6 +1,6 @@
 """End-to-end test of benchmarks/quality.py on a tiny config: outputs exist and parse, and a second
 invocation reuses the finished runs instead of retraining them."""
-import importlib.util
+from tests.helpers import load_benchmark
 import json
 from pathlib import Path
 
@@ -25,10 +25,7 @@ methods: [dense, sca]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_quality", BENCH / "quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("quality")
 
 
 def test_quality_tiny_sweep_and_resume(tmp_path, capsys):
@@ -100,9 +97,7 @@ def test_quality_variants_are_rows_of_their_own(tmp_path):
     assert "| l1-once | 0.5 | 1 |" in table and "variant {'method': 'l1', 'oneshot_epoch': 1}" in table
     assert "| sdsnn | (0.00) | 1 |" in table
 
-    spec = importlib.util.spec_from_file_location("bench_overview", BENCH / "quality_overview.py")
-    overview = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(overview)
+    overview = load_benchmark("quality_overview")
     assert overview.main([str(out), "--out", str(tmp_path / "overview.md")]) == 0
     text = (tmp_path / "overview.md").read_text()
     accs = {g["method"]: 100 * g["accuracy_mean"] for g in summary["groups"] if g["method"] != "sdsnn"}
@@ -184,16 +179,12 @@ def test_quality_counts_collapsed_runs_and_pairs_seeds(tmp_path):
 def test_readme_shows_the_generated_tables():
     """The README's benchmark tables are copies of the files the benchmarks wrote (regenerate with
     python benchmarks/readme_tables.py), and a column subset keeps the header and rows aligned."""
-    spec = importlib.util.spec_from_file_location("readme_tables", BENCH / "readme_tables.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("readme_tables")
     assert mod.main(["--check"]) == 0
 
 
 def test_readme_tables_column_subset(tmp_path):
-    spec = importlib.util.spec_from_file_location("readme_tables", BENCH / "readme_tables.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("readme_tables")
     f = tmp_path / "t.md"
     f.write_text("# title\n\n| a | b | c |\n|---|---|---|\n| 1 | 2 | 3 |\n\ntext\n\n| x |\n|---|\n| 9 |\n")
     assert mod.table_of(f) == "| a | b | c |\n|---|---|---|\n| 1 | 2 | 3 |\n\n| x |\n|---|\n| 9 |\n"

@@ -1,7 +1,7 @@
 """Smoke test of the benchmark scripts: they run (tiny --smoke profile) and write the JSON schema.
 
 Timings are never asserted against thresholds; only that ratios are positive finite numbers."""
-import importlib.util
+from tests.helpers import load_benchmark
 import json
 import math
 from pathlib import Path
@@ -11,10 +11,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark(name)
 
 
 def _positive_finite(v):

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import assert_not_silent, outputs64
+from tests.helpers import assert_not_silent, importable_module, outputs64
 from sca_plugin.cli import main
 from sca_plugin.config import TrainConfig
 from sca_plugin.runner import run_training
@@ -48,7 +48,8 @@ def test_train_writes_metrics_model_and_checkpoint(finished_run):
     # the last checkpoint holds the masked model and its pruner: rebuilt from it, it computes what the
     # finalized model.pt computes, on every test image
     from sca_plugin.datasets import load_dataset
-    from sca_plugin.runner import build_model, build_pruner
+    from sca_plugin.methods import build_pruner
+    from sca_plugin.runner import build_model
 
     checkpoint = torch.load(finished_run / "checkpoint.pt", weights_only=False)
     assert checkpoint["epoch"] == 3 and len(checkpoint["epochs_log"]) == 3
@@ -270,7 +271,7 @@ def test_regrow_decay_cosine_reaches_zero_at_the_last_update(tmp_path):
 def test_sca_normalizer_reaches_the_importance(tmp_path):
     from sca_plugin.config import ConfigError
     from sca_plugin.models import digits_cnn
-    from sca_plugin.runner import build_pruner
+    from sca_plugin.methods import build_pruner
 
     model = digits_cnn(T=2, width=0.25)
     pruner = build_pruner(TrainConfig(method="sca", sca_normalizer="mean"), model, torch.rand(2, 2, 1, 8, 8))
@@ -390,13 +391,7 @@ def test_console_script_imports_a_model_module_from_the_current_folder(tmp_path)
 @pytest.fixture
 def own_module(tmp_path, monkeypatch):
     """A folder with my_models.py, the current folder; sys.path and sys.modules restored afterwards."""
-    folder = tmp_path / "project"
-    folder.mkdir()
-    (folder / "my_models.py").write_text(MY_MODELS)
-    monkeypatch.setattr(sys, "path", [str(folder), *sys.path])
-    monkeypatch.delitem(sys.modules, "my_models", raising=False)
-    monkeypatch.chdir(folder)
-    yield folder
+    yield importable_module(tmp_path, monkeypatch, "my_models", MY_MODELS)
     sys.modules.pop("my_models", None)
 
 

@@ -4,7 +4,8 @@ the paper's constant target; a ramp where nothing ramps is refused before any wo
 import pytest
 
 from sca_plugin.config import ConfigError, TrainConfig
-from sca_plugin.runner import _ramp_updates, run_training
+from sca_plugin.methods import ramp_updates as _ramp_updates
+from sca_plugin.runner import run_training
 
 
 @pytest.mark.parametrize("method", ["sca", "sca-prune-only"])

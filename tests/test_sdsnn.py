@@ -264,7 +264,8 @@ def test_sdsnn_mnist_config_and_network():
     from pathlib import Path
 
     from sca_plugin.config import TrainConfig, load_config_file
-    from sca_plugin.runner import build_model, build_pruner
+    from sca_plugin.methods import build_pruner
+    from sca_plugin.runner import build_model
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "sdsnn_mnist.yaml"
     cfg = TrainConfig.from_dict(load_config_file(str(path)))
