@@ -265,12 +265,9 @@ def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, wo
 # summary
 # --------------------------------------------------------------------------------------------------
 def _mean_std(values) -> Dict[str, Optional[float]]:
-    import numpy as np
+    from sca_plugin.plots.runs import mean_std
 
-    vals = [float(v) for v in values if v is not None]
-    if not vals:
-        return {"mean": None, "std": None}
-    return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0}
+    return mean_std(values)
 
 
 def _labelled_runs(metrics: Dict[str, Dict[str, Any]], rows: Optional[Dict[str, str]]) -> List[Dict[str, Any]]:
@@ -544,7 +541,7 @@ def plot_pareto(groups: List[Dict[str, Any]], cost: str, path: Path, *, title: s
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from sca_plugin.plots import _method_color
+    from sca_plugin.plots.figures import _method_color
 
     label = {"parameters": "parameters (log scale)", "synops": "SynOps per sample (log scale)"}[cost]
     pts = [g for g in groups if g[cost] and g["accuracy_mean"] is not None]

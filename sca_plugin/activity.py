@@ -31,13 +31,14 @@ with the reason and what to use instead.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, Optional
 
 import torch
 import torch.nn as nn
 
 from spikingjelly.activation_based import neuron as sj_neuron
 
+from .collectors import StatisticsCollector
 from .neurons import (add_prune_listener, charge_function_for, is_spiking_neuron, neuron_channel_dim, remove_prune_listener,
                       unsupported_reason)
 
@@ -100,14 +101,18 @@ def _reset_like_spikingjelly(module: nn.Module, h: torch.Tensor, spike: torch.Te
     return spike * module.v_reset + (1.0 - spike) * h
 
 
-class MembraneActivityRecorder:
-    """Running per-channel sums of membrane activity for every spiking neuron of a model.
+class MembraneActivityRecorder(StatisticsCollector):
+    """Running per-channel sums of membrane activity for every spiking neuron of a model (a
+    :class:`~sca_plugin.collectors.StatisticsCollector`: attach, enable/disable, reset, detach).
 
     Only forwards in training mode count. ``score(neuron)`` is the mean activity per channel over
     every (sample, time step, position) seen since the last :meth:`reset`.
     """
 
+    name = "activity"
+
     def __init__(self, definition: str = "spike_plus_v") -> None:
+        super().__init__()
         if definition not in DEFINITIONS:
             raise ValueError(f"unknown activity definition {definition!r}; use one of {DEFINITIONS}")
         self.definition = definition
@@ -116,11 +121,8 @@ class MembraneActivityRecorder:
         # Python state at every step and does not recompile)
         self.sums: Dict[nn.Module, torch.Tensor] = {}
         self.counts: Dict[nn.Module, torch.Tensor] = {}
-        self.enabled = True
-        self._handles: List = []
         self._v_prev: Dict[nn.Module, object] = {}
         self._forced_store: Dict[nn.Module, bool] = {}
-        self.model: Optional[nn.Module] = None
 
     # ------------------------------------------------------------------ attachment
     def check_supported(self, neurons: Iterable[nn.Module]) -> None:
@@ -156,28 +158,27 @@ class MembraneActivityRecorder:
             raise ValueError(f"SCA (activity definition {self.definition!r}) cannot score the neuron classes "
                              f"{sorted(problems)}: " + "; ".join(f"{n}: {r}" for n, r in sorted(problems.items())))
 
-    def attach(self, model: nn.Module) -> "MembraneActivityRecorder":
-        """Hook every spiking neuron of ``model``; statistics accumulate from now on."""
-        if self.model is not None:
-            raise RuntimeError("this recorder is already attached to a model; call detach() first")
+    def check(self, model: nn.Module, modules=None) -> None:
+        """The model has spiking neurons, and every one can give this definition."""
         neurons = [m for m in model.modules() if is_spiking_neuron(m)]
         if not neurons:
             raise ValueError("the model has no spiking neurons (spikingjelly.activation_based.neuron); "
                              "SCA scores come from membrane potentials")
         self.check_supported(neurons)
-        for m in neurons:
-            self._handles.append(m.register_forward_pre_hook(self._pre_hook))
-            self._handles.append(m.register_forward_hook(self._hook))
-        add_prune_listener(self._on_pruned)
-        self.model = model
-        return self
 
-    def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+    def _install(self, model: nn.Module, modules=None) -> list:
+        """Hooks on every spiking neuron of ``model``; a listener keeps the statistics of the
+        channels that remain when Torch-Pruning removes some."""
+        handles = []
+        for m in model.modules():
+            if is_spiking_neuron(m):
+                handles.append(m.register_forward_pre_hook(self._pre_hook))
+                handles.append(m.register_forward_hook(self._hook))
+        add_prune_listener(self._on_pruned)
+        return handles
+
+    def _uninstall(self) -> None:
         remove_prune_listener(self._on_pruned)
-        self.model = None
 
     def _on_pruned(self, module: nn.Module, keep: torch.Tensor) -> None:
         """Torch-Pruning removed channels of ``module`` (e.g. ``pruner.step()`` with

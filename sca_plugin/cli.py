@@ -106,7 +106,7 @@ def _resume_settings(values: dict, sources: dict) -> dict:
     given again: a setting that changes what the run computes must agree with the stored one (an
     explicit value equal to a default's effective value counts as agreeing); ``RUN_FREE_FIELDS``
     (device, progress, ...) may change. ConfigError naming every disagreeing setting."""
-    from .runner import load_run_config
+    from .checkpoints import load_run_config
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(map(str, set(values) - names))
@@ -170,7 +170,8 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from .datasets import load_dataset
-    from .runner import METRICS, RunError, _evaluate, _time_major, load_finalized_model
+    from .checkpoints import METRICS, RunError, load_finalized_model
+    from .training import evaluate, time_major
 
     run = Path(args.run_dir)
     metrics_path = run / METRICS
@@ -183,10 +184,10 @@ def _cmd_eval(args) -> int:
                           seed=cfg.seed, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
     model = load_finalized_model(run, args.device)
     loader = torch.utils.data.DataLoader(splits.test, batch_size=256)
-    acc = _evaluate(model, loader, splits.kind, torch.device(args.device))
+    acc = evaluate(model, loader, splits.kind, torch.device(args.device))
     from .metrics import spiking_metrics
 
-    spiking = spiking_metrics(model, (_time_major(x.to(args.device), splits.kind) for x, _ in loader))
+    spiking = spiking_metrics(model, (time_major(x.to(args.device), splits.kind) for x, _ in loader))
     print(json.dumps({"run": str(run), "test_accuracy": acc,
                       "parameters": sum(p.numel() for p in model.parameters()),
                       "synops": spiking.get("synops"), "activation_sparsity": spiking.get("activation_sparsity")},
@@ -204,7 +205,7 @@ def _cmd_report(args) -> int:
 
 def _cmd_export(args) -> int:
     from .export import export_run
-    from .runner import METRICS
+    from .checkpoints import METRICS
 
     metrics_path = Path(args.run_dir) / METRICS
     shape = json.loads(metrics_path.read_text()).get("input_shape") if metrics_path.is_file() else None
@@ -230,7 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .datasets import DataError
-    from .runner import RunError
+    from .checkpoints import RunError
 
     try:
         return {"train": _cmd_train, "eval": _cmd_eval, "report": _cmd_report, "export": _cmd_export}[args.command](args)

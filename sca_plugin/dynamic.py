@@ -8,10 +8,14 @@ step per update (distributed broadcast, forward masks, reset of the masked chann
 history), the switch to fixed masks for the final epochs, physical removal through one
 :class:`~sca_plugin.rollback.RemovalTransaction`, the optimizer rebuild, and a state-dict skeleton.
 
+Statistics gathered during training are :class:`~sca_plugin.collectors.StatisticsCollector`\ s:
+the importance's (``importance.collectors``, attached for the pruner's lifetime) and the method's
+own (``_own_collectors``, attached when the method says, e.g. per phase in ``_on_phase_change``);
+the base synchronises, resets, saves, restores and removes them all without knowing their type.
+
 A method supplies its keep-selection in ``update_masks()`` (computing the new masks, then
-:meth:`_commit`) and, where it has any, its own statistics collectors and state through the
-extension points ``_attach_collectors`` / ``_detach_collectors`` / ``_on_phase_change``,
-``_config`` and ``_collector_state`` / ``_check_state`` / ``_load_state``, as Torch-Pruning's
+:meth:`_commit`) and its own settings and state through the extension points ``_config``,
+``_extra_state`` / ``_check_state`` / ``_load_state`` and ``_on_phase_change``, as Torch-Pruning's
 pruners are thin subclasses over ``BasePruner``.
 """
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 import torch.nn as nn
 from torch_pruning import ops
 
+from .collectors import StatisticsCollector, collectors_of
 from .distributed import broadcast_
 from .graph import SpikingMetaPruner, reaches_output
 from .masking import MASKINGS, ChannelMasker, channel_parameters, mask_targets, out_channels, zero_channels
@@ -86,6 +91,7 @@ class DynamicChannelPruner(SpikingMetaPruner):
         **kwargs: Any,
     ) -> None:
         self._validate_common(model, ignored_layers, update_interval, min_channels, round_to, kwargs)
+        self._validate_collectors(model, importance)
         if masking not in MASKINGS:
             raise ValueError(f"masking must be one of {MASKINGS}, got {masking!r}")
         super().__init__(model, example_inputs, importance, global_pruning=global_pruning,
@@ -117,8 +123,19 @@ class DynamicChannelPruner(SpikingMetaPruner):
         self._traced = {self.module_names[m]: (m, _param_shapes(m)) for m in self.DG.module2node
                         if m in self.module_names and m is not model}
         self._masker = ChannelMasker()
+        #: the method's own statistics collectors (besides the importance's); attached by the method
+        self._own_collectors: List[StatisticsCollector] = []
 
     # ------------------------------------------------------------------ validation
+    @staticmethod
+    def _validate_collectors(model: nn.Module, importance: Any) -> None:
+        """The importance's collectors are free and can observe ``model`` (nothing installed yet)."""
+        for c in collectors_of(importance):
+            if c.is_attached:
+                raise ValueError(f"this {type(importance).__name__} is already attached to a model (its "
+                                 f"{type(c).__name__}); give each pruner its own")
+            c.check(model)
+
     def _validate_common(self, model, ignored_layers, update_interval, min_channels, round_to, kwargs) -> None:
         """The checks of every dynamic pruner's arguments (subclasses may run them first, before
         their own: they are cheap and change nothing)."""
@@ -187,11 +204,29 @@ class DynamicChannelPruner(SpikingMetaPruner):
         if getattr(self, "_removed", False):
             raise RuntimeError(f"{what} after remove(): this pruner removed its hooks; build a new one")
 
+    # ------------------------------------------------------------------ statistics collectors
+    @property
+    def collectors(self) -> List[StatisticsCollector]:
+        """Every statistics collector of this pruner: the importance's, then the method's own."""
+        return collectors_of(self.importance) + list(self._own_collectors)
+
     def _attach_collectors(self) -> None:
-        """Extension point: install the method's statistics collectors."""
+        for c in collectors_of(self.importance):
+            c.attach(self.model)
 
     def _detach_collectors(self) -> None:
-        """Extension point: remove the method's statistics collectors."""
+        for c in self.collectors:
+            c.detach()
+
+    def _synchronize_collectors(self) -> None:
+        """DDP: every collector combines the statistics of all processes (modules in model order)."""
+        order = list(self.module_names)
+        for c in self.collectors:
+            c.synchronize(order)
+
+    def _reset_collectors(self) -> None:
+        for c in self.collectors:
+            c.reset()
 
     def _on_phase_change(self) -> None:
         """Extension point: the masks switched between the dynamic phase and fixed masks."""
@@ -408,9 +443,25 @@ class DynamicChannelPruner(SpikingMetaPruner):
         return [f"{k}: saved {saved.get(k, self._LEGACY_DEFAULTS.get(k))!r}, here {here[k]!r}"
                 for k in keys if saved.get(k, self._LEGACY_DEFAULTS.get(k)) != here[k]]
 
-    def _collector_state(self) -> Dict[str, Any]:
+    def _extra_state(self) -> Dict[str, Any]:
         """Extension point: the method's own entries of :meth:`state_dict`."""
         return {}
+
+    def _collectors_state(self) -> Dict[str, Any]:
+        names = self.module_names
+        return {c.name: c.state_dict(names) for c in self.collectors}
+
+    def _check_collectors_state(self, state: dict) -> Dict[str, nn.Module]:
+        modules = {n: m for m, n in self.module_names.items()}
+        unknown = [n for c in self.collectors for n in (state.get(c.name) or {}) if n not in modules]
+        if unknown:
+            raise ValueError(f"the state dict refers to layers this model does not have: {unknown[:5]}")
+        return modules
+
+    def _load_collectors_state(self, state: dict, modules: Dict[str, nn.Module]) -> None:
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        for c in self.collectors:
+            c.load_state_dict(state.get(c.name) or {}, modules, device)
 
     def _accepts_format(self, state: dict) -> bool:
         return state.get("format") == self._STATE_FORMAT
@@ -436,7 +487,8 @@ class DynamicChannelPruner(SpikingMetaPruner):
             "num_steps": self.num_steps,
             "finalized": self.finalized,
             "fixed": self.fixed,
-            **self._collector_state(),
+            **self._collectors_state(),
+            **self._extra_state(),
             "history": copy.deepcopy(self.history),
         }
 
@@ -456,6 +508,7 @@ class DynamicChannelPruner(SpikingMetaPruner):
         if bool(state["finalized"]) != self.finalized:
             raise ValueError("the state dict was saved after finalize() and this pruner is not finalized (or the "
                              "reverse); load the finalized model with torch.load instead")
+        modules = self._check_collectors_state(state)
         checked = self._check_state(state)
         self.masks = [None if m is None else m.clone().bool().cpu() for m in state["masks"]]
         for i, keep in enumerate(self.masks):
@@ -466,6 +519,7 @@ class DynamicChannelPruner(SpikingMetaPruner):
         self.num_updates = int(state["num_updates"])
         self.num_steps = int(state["num_steps"])
         self.history = copy.deepcopy(state["history"])
+        self._load_collectors_state(state, modules)
         self._load_state(state, checked)
 
 

@@ -35,6 +35,7 @@ from .rollback import RemovalTransaction, map_tensors
 
 __all__ = [
     "build_graph",
+    "call_model",
     "repair_time_dimension",
     "spiking_neuron_pruners",
     "SpikingMetaPruner",
@@ -142,7 +143,9 @@ def traceable(inputs: Any) -> Any:
     return map_tensors(lambda t: t.clone() if t.is_inference() else t, inputs)
 
 
-def _call(model: nn.Module, example_inputs: Any, forward_fn=None):
+def call_model(model: nn.Module, example_inputs: Any, forward_fn=None):
+    """``model`` on ``example_inputs`` as Torch-Pruning calls it: ``forward_fn(model, inputs)``, or
+    keywords for a dict, positional arguments for a tuple/list, else the one input."""
     if forward_fn is not None:
         return forward_fn(model, example_inputs)
     if isinstance(example_inputs, dict):
@@ -159,7 +162,7 @@ def eval_outputs(model: nn.Module, inputs: Any, forward_fn=None) -> list:
     with preserve_training_mode(model), torch.no_grad():
         model.eval()
         functional.reset_net(model)
-        out = [t.detach().clone() for t in tp.utils.flatten_as_list(_call(model, inputs, forward_fn))
+        out = [t.detach().clone() for t in tp.utils.flatten_as_list(call_model(model, inputs, forward_fn))
                if isinstance(t, torch.Tensor)]
         functional.reset_net(model)
     return out
@@ -180,9 +183,15 @@ def spiking_neuron_pruners(model: nn.Module, example_inputs: Any, forward_fn=Non
     functional.reset_net(model)
     with preserve_training_mode(model), _recording_neuron_channels(model, pruner), torch.no_grad():
         model.eval()
-        _call(model, example_inputs, forward_fn)
+        call_model(model, example_inputs, forward_fn)
     functional.reset_net(model)
     return {t: pruner for t in neuron_types_in(model)}
+
+
+def _tracing_error(e: Exception) -> ValueError:
+    return ValueError(
+        f"tracing the model with example_inputs failed ({type(e).__name__}: {e}); pass example_inputs "
+        "exactly as the model takes them (e.g. [B, C, H, W] or [T, B, C, H, W]), or a forward_fn")
 
 
 class SpikingMetaPruner(tp.pruner.BasePruner):
@@ -206,10 +215,7 @@ class SpikingMetaPruner(tp.pruner.BasePruner):
                 super().__init__(model, traceable(example_inputs), importance, *args, customized_pruners=pruners,
                                  forward_fn=forward_fn, **kwargs)
         except (RuntimeError, TypeError, IndexError) as e:
-            raise ValueError(
-                f"tracing the model with example_inputs failed ({type(e).__name__}: {e}); pass example_inputs "
-                "exactly as the model takes them (e.g. [B, C, H, W] or [T, B, C, H, W]), or a forward_fn"
-            ) from e
+            raise _tracing_error(e) from e
         finally:
             functional.reset_net(model)
         repair_time_dimension(self.DG)
@@ -236,6 +242,8 @@ def build_graph(model: nn.Module, example_inputs: Any, forward_fn=None,
                 (_recording_neuron_channels(model, neuron_pruner) if neuron_pruner is not None else contextlib.nullcontext()):
             DG.build_dependency(model, traceable(example_inputs), forward_fn=forward_fn,
                                 customized_pruners=pruners, verbose=False)
+    except (RuntimeError, TypeError, IndexError) as e:
+        raise _tracing_error(e) from e
     finally:
         functional.reset_net(model)
     repair_time_dimension(DG)

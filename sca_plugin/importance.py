@@ -88,6 +88,12 @@ class SCAImportance(tp.importance.Importance):
     def definition(self) -> str:
         return self.recorder.definition
 
+    @property
+    def collectors(self) -> tuple:
+        """What this importance needs attached to the model (the pruners attach, reset, save and
+        remove it): its :class:`~sca_plugin.activity.MembraneActivityRecorder`."""
+        return (self.recorder,)
+
     def attach(self, model: nn.Module) -> "SCAImportance":
         self.recorder.attach(model)
         return self

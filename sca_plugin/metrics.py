@@ -23,8 +23,8 @@ The operations are counted by libraries, not by hand:
 * ``dense_macs`` -- ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2 of the same synaptic
   operators, bias additions not included), i.e. the MACs of a dense, ANN-style evaluation of every
   layer at every time step.  SpikingJelly's counters cannot give this number: ``MACCounter``
-  skips spike inputs by design and ``FlopCounter`` adds the bias additions.  It equals
-  :func:`sca_plugin.reporting.count_macs`.
+  skips spike inputs by design and ``FlopCounter`` adds the bias additions.  One count, one place:
+  :func:`synaptic_macs`, which :func:`sca_plugin.reporting.count_macs` uses too.
 
 All three counters observe the same forward passes, so the counts are consistent with each other.
 Firing rates and activation sparsity come from forward hooks on the spiking-neuron modules: the
@@ -70,6 +70,7 @@ batches; the tests check that both agree.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -80,10 +81,10 @@ from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCou
 from spikingjelly.activation_based.op_counter.simple_energy import SimpleEnergyCostConfig
 from torch.utils.flop_counter import FlopCounterMode
 
-from .graph import preserve_training_mode
+from .graph import call_model, preserve_training_mode
 from .neurons import is_spiking_neuron, neuron_channel_dim
 
-__all__ = ["spiking_metrics", "neurobench_reference", "SYNAPTIC_OPS", "DEFINITIONS",
+__all__ = ["spiking_metrics", "neurobench_reference", "synaptic_macs", "SYNAPTIC_OPS", "DEFINITIONS",
            "METRICS_JSON_DEFINITIONS", "NEUROBENCH_VERSION"]
 
 _aten = torch.ops.aten
@@ -115,12 +116,6 @@ def _input_of(batch: Any) -> Any:
             raise ValueError("spiking_metrics: got an empty tuple/list as a batch")
         return batch[0]
     return batch
-
-
-def _call(model: nn.Module, x: Any) -> Any:
-    if isinstance(x, dict):
-        return model(**x)
-    return model(x)
 
 
 def _top_level_neurons(model: nn.Module) -> List[Tuple[str, nn.Module]]:
@@ -435,6 +430,13 @@ def _synaptic_total(counts: Dict[Any, int]) -> int:
     return int(sum(v for op, v in counts.items() if op in _SYNAPTIC_PACKETS))
 
 
+def synaptic_macs(flop_mode: FlopCounterMode, scope: str = "Global") -> int:
+    """The MACs of the synaptic operators (:data:`SYNAPTIC_OPS`: convolutions and matrix products)
+    a ``FlopCounterMode`` saw, FLOPs / 2 (bias additions not included): the one dense-MAC count of
+    the package (``spiking_metrics``' ``dense_macs``, ``reporting.count_macs``)."""
+    return _synaptic_total(flop_mode.get_flop_counts().get(scope, {})) // 2
+
+
 def _neurobench_block(model: nn.Module, ops: _NeuroBenchOps, recurrent: List[str], activity: _Activity,
                       acts: List[Tuple[str, nn.Module]], per_sample, e_mac: float, e_ac: float) -> Dict[str, Any]:
     """The ``neurobench`` block of :func:`spiking_metrics` (see the module docstring)."""
@@ -464,6 +466,64 @@ def _neurobench_block(model: nn.Module, ops: _NeuroBenchOps, recurrent: List[str
         n: 1.0 - activity.nnz[n] / activity.numel[n] for n, _ in acts if activity.numel[n]}
     block.update(_nb_static(model))
     return block
+
+
+def _layer_stats(names: List[str], scope: Dict[str, str], synop_counter, mac_counter, flop_mode,
+                 per_sample) -> Dict[str, Dict[str, float]]:
+    """``{layer: {synops, macs, dense_macs}}`` per sample, of the layers that ran (in ``names``)."""
+    syn_scopes, mac_scopes = synop_counter.get_counts(), mac_counter.get_counts()
+    return {name: {"synops": per_sample(sum(syn_scopes.get(scope[name], {}).values())),
+                   "macs": per_sample(sum(mac_scopes.get(scope[name], {}).values())),
+                   "dense_macs": per_sample(synaptic_macs(flop_mode, scope[name]))} for name in names}
+
+
+#: which counter gives each figure of :func:`spiking_metrics` (its ``counters`` entry)
+_COUNTERS = {
+    "synops": "spikingjelly.activation_based.op_counter.SynOpCounter (DispatchCounterMode)",
+    "macs": "spikingjelly.activation_based.op_counter.MACCounter, conv/mm/addmm/bmm/baddbmm rules "
+            "only (DispatchCounterMode)",
+    "dense_macs": "torch.utils.flop_counter.FlopCounterMode, conv/mm/addmm/bmm/baddbmm FLOPs / 2",
+    "activity": "forward hooks on spiking-neuron modules (non-zero outputs)",
+    "neurobench": f"sca_plugin's own reimplementation of NeuroBench {NEUROBENCH_VERSION}'s "
+                  "SynapticOperations / ActivationSparsity(ByLayer) / ParameterCount / Footprint / "
+                  "ConnectionSparsity (forward pre-hooks on the connection layers)",
+}
+
+
+def _count_batches(model: nn.Module, batches: Iterable[Any], max_batches: Optional[int], activity: "_Activity",
+                   counters: tuple) -> Tuple[int, int, Optional[int]]:
+    """Run ``model`` on each batch inside ``counters`` (context managers), neuron states reset
+    around every batch; ``(samples, batches, time steps)`` read from the neurons' layout."""
+    samples = n_batches = 0
+    time_steps: Optional[int] = None
+    try:
+        with contextlib.ExitStack() as stack:
+            for c in counters:
+                stack.enter_context(c)
+            for batch in batches:
+                if max_batches is not None and n_batches >= max_batches:
+                    break
+                x = _input_of(batch)
+                activity.start_batch()
+                functional.reset_net(model)
+                call_model(model, x)  # x: one batch's input (a tensor or keywords)
+                functional.reset_net(model)
+                lay = activity.layout()
+                if lay is None:
+                    if not torch.is_tensor(x) or x.dim() == 0:
+                        raise ValueError(
+                            "spiking_metrics: cannot tell the batch size (no spiking neuron ran "
+                            "and the input is not a tensor with a batch dimension)"
+                        )
+                    lay = (1, int(x.shape[0]))
+                t, b = lay
+                if time_steps is None:
+                    time_steps = t
+                samples += b
+                n_batches += 1
+    finally:
+        functional.reset_net(model)
+    return samples, n_batches, time_steps
 
 
 def spiking_metrics(
@@ -530,60 +590,21 @@ def spiking_metrics(
     same_acts = [m for _, m in nb_acts] == [m for _, m in neurons]
     nb_activity = _Activity([] if same_acts else nb_acts)
 
-    samples = 0
-    n_batches = 0
-    time_steps: Optional[int] = None
     with preserve_training_mode(model), torch.no_grad(), activity, order, nb_ops, nb_activity:
         model.eval()
-        try:
-            with flop_mode, DispatchCounterMode([synop_counter, mac_counter]):
-                for batch in batches:
-                    if max_batches is not None and n_batches >= max_batches:
-                        break
-                    x = _input_of(batch)
-                    activity.start_batch()
-                    functional.reset_net(model)
-                    _call(model, x)
-                    functional.reset_net(model)
-                    lay = activity.layout()
-                    if lay is None:
-                        if not torch.is_tensor(x) or x.dim() == 0:
-                            raise ValueError(
-                                "spiking_metrics: cannot tell the batch size (no spiking neuron ran "
-                                "and the input is not a tensor with a batch dimension)"
-                            )
-                        lay = (1, int(x.shape[0]))
-                    t, b = lay
-                    if time_steps is None:
-                        time_steps = t
-                    samples += b
-                    n_batches += 1
-        finally:
-            functional.reset_net(model)
+        samples, n_batches, time_steps = _count_batches(model, batches, max_batches, activity,
+                                                        (flop_mode, DispatchCounterMode([synop_counter, mac_counter])))
     if n_batches == 0 or samples == 0:
         raise ValueError("spiking_metrics: no batches (or no samples) were given")
-
-    flop_counts = flop_mode.get_flop_counts()
-    syn_scopes = synop_counter.get_counts()
-    mac_scopes = mac_counter.get_counts()
 
     def per_sample(v: float) -> float:
         return float(v) / samples
 
     synops = per_sample(synop_counter.get_total())
     macs = per_sample(mac_counter.get_total())
-    dense_macs = per_sample(_synaptic_total(flop_counts.get("Global", {})) / 2)
-
-    layer_stats: Dict[str, Dict[str, float]] = {}
-    for name, _ in layers:
-        s = scope[name]
-        if name not in order.order:
-            continue
-        layer_stats[name] = {
-            "synops": per_sample(sum(syn_scopes.get(s, {}).values())),
-            "macs": per_sample(sum(mac_scopes.get(s, {}).values())),
-            "dense_macs": per_sample(_synaptic_total(flop_counts.get(s, {})) / 2),
-        }
+    dense_macs = per_sample(synaptic_macs(flop_mode))
+    layer_stats = _layer_stats([n for n, _ in layers if n in order.order], scope, synop_counter, mac_counter,
+                               flop_mode, per_sample)
     first = order.order[0] if order.order else None
     macs_first_layer = layer_stats[first]["macs"] if first is not None else 0.0
 
@@ -622,16 +643,7 @@ def spiking_metrics(
         "time_steps": int(time_steps if time_steps is not None else 1),
         "counter": f"spikingjelly {sj} op_counter (SynOpCounter, MACCounter) + torch {torch.__version__} "
                    "FlopCounterMode (dense MACs)",
-        "counters": {
-            "synops": "spikingjelly.activation_based.op_counter.SynOpCounter (DispatchCounterMode)",
-            "macs": "spikingjelly.activation_based.op_counter.MACCounter, conv/mm/addmm/bmm/baddbmm rules "
-                    "only (DispatchCounterMode)",
-            "dense_macs": "torch.utils.flop_counter.FlopCounterMode, conv/mm/addmm/bmm/baddbmm FLOPs / 2",
-            "activity": "forward hooks on spiking-neuron modules (non-zero outputs)",
-            "neurobench": f"sca_plugin's own reimplementation of NeuroBench {NEUROBENCH_VERSION}'s "
-                          "SynapticOperations / ActivationSparsity(ByLayer) / ParameterCount / Footprint / "
-                          "ConnectionSparsity (forward pre-hooks on the connection layers)",
-        },
+        "counters": dict(_COUNTERS),
         "definitions": dict(DEFINITIONS),
     }
     for key in ("synops", "macs", "dense_macs", "activation_sparsity"):

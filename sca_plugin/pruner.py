@@ -170,8 +170,8 @@ class SCAPruner(DynamicChannelPruner):
         self._local_ratio = self._group_ratios(ratio_dict)
         self._l1_bns = sorted({m for _, group in self.groups for m in group_members(group, is_batchnorm)
                                if m.weight is not None and m not in ignored}, key=lambda m: self.module_names[m])
-        self._growth = GradientMagnitudes()
-        self._grad_hooks: List = []
+        self._growth = GradientMagnitudes()  # attached in the dynamic phase of a regrowing run
+        self._own_collectors.append(self._growth)
         self._install()
 
     @staticmethod
@@ -239,10 +239,7 @@ class SCAPruner(DynamicChannelPruner):
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if not isinstance(ramp_updates, int) or isinstance(ramp_updates, bool) or ramp_updates < 1:
             raise ValueError(f"ramp_updates must be a positive integer, got {ramp_updates!r}")
-        if isinstance(importance, SCAImportance):
-            if importance.recorder.model is not None:
-                raise ValueError("this SCAImportance is already attached to a model; give each pruner its own")
-            importance.recorder.check_supported([m for m in model.modules() if is_spiking_neuron(m)])
+        DynamicChannelPruner._validate_collectors(model, importance)
 
     def _check_groups(self) -> None:
         super()._check_groups()
@@ -259,28 +256,13 @@ class SCAPruner(DynamicChannelPruner):
                     f"by |dL/dgamma|; add a BatchNorm after {name}, ignore it, or use regrow_ratio=0")
 
     # ------------------------------------------------------------------ collectors
-    def _attach_collectors(self) -> None:
-        if isinstance(self.importance, SCAImportance):
-            self.importance.attach(self.model)
-
-    def _detach_collectors(self) -> None:
-        if isinstance(self.importance, SCAImportance):
-            self.importance.detach()
-        self._remove_growth_hooks()
-
     def _on_phase_change(self) -> None:
-        """Regrowth gradients are recorded in the dynamic phase only. They are tensor hooks on the
-        BatchNorm weights, run by the autograd engine outside a compiled graph, so they may come and go."""
-        self._remove_growth_hooks()
+        """Regrowth gradients are recorded in the dynamic phase only (their tensor hooks run in the
+        autograd engine, outside a compiled graph, so they may come and go)."""
+        self._growth.detach()
         if self.regrow_ratio > 0 and not self.fixed:
             bns = {m for _, group in self.groups for m in group_members(group, is_batchnorm) if m.weight is not None}
-            for bn in sorted(bns, key=lambda m: self.module_names[m]):
-                self._grad_hooks.append(bn.weight.register_hook(self._growth.hook_for(bn)))
-
-    def _remove_growth_hooks(self) -> None:
-        for h in self._grad_hooks:
-            h.remove()
-        self._grad_hooks.clear()
+            self._growth.attach(self.model, modules=sorted(bns, key=lambda m: self.module_names[m]))
 
     # ------------------------------------------------------------------ training-loop API
     def regularize(self, model: nn.Module, reg: Optional[float] = None) -> None:
@@ -307,10 +289,10 @@ class SCAPruner(DynamicChannelPruner):
         """Prune by activity and regrow by BN-scale gradient now, from the statistics gathered since
         the previous update. Returns the :class:`~sca_plugin.selection.Selection`."""
         self._begin_update()
-        if isinstance(self.importance, SCAImportance):
-            # DDP: score on the statistics of all processes (the recorder's modules in model order)
-            self.importance.recorder.synchronize(list(self.module_names))
-            missing = [self.module_names[root] for root, group in self.groups if not self.importance.has_statistics(group)]
+        self._synchronize_collectors()  # DDP: score on the statistics of all processes
+        has_statistics = getattr(self.importance, "has_statistics", None)
+        if has_statistics is not None:
+            missing = [self.module_names[root] for root, group in self.groups if not has_statistics(group)]
             if missing:
                 raise RuntimeError(
                     "update_masks() before any training statistics exist for "
@@ -349,9 +331,7 @@ class SCAPruner(DynamicChannelPruner):
                      head={"target_sparsity": sparsity, "regrow_ratio": regrow},
                      tail={"pruned": int(sum(len(p) for p in selection.pruned)),
                            "regrown": int(sum(len(r) for r in selection.regrown))})
-        if isinstance(self.importance, SCAImportance):
-            self.importance.reset()
-        self._growth.clear()
+        self._reset_collectors()
         return selection
 
     def _select(self, scores, growth, sparsity: float, regrow: float) -> Selection:
@@ -382,7 +362,7 @@ class SCAPruner(DynamicChannelPruner):
 
     # ------------------------------------------------------------------ state
     def _config(self) -> dict:
-        definition = self.importance.definition if isinstance(self.importance, SCAImportance) else None
+        definition = getattr(self.importance, "definition", None)  # SCAImportance's activity definition
         return {"pruning_ratio": self.pruning_ratio, "regrow_ratio": self.regrow_ratio,
                 "global_pruning": self.global_pruning, "mode": self.mode, "schedule": self.schedule,
                 "ramp_updates": self.ramp_updates, "min_channels": self.min_channels,
@@ -394,21 +374,3 @@ class SCAPruner(DynamicChannelPruner):
                 "pruning_ratio_dict": {",".join(self.module_names[m] for m in key): r
                                        for key, r in self.pruning_ratio_dict.items()}}
 
-    def _collector_state(self) -> Dict[str, Any]:
-        names = self.module_names
-        return {"activity": (self.importance.recorder.state_dict(names)
-                             if isinstance(self.importance, SCAImportance) else {}),
-                "growth": self._growth.state_dict(names)}
-
-    def _check_state(self, state: dict) -> Any:
-        modules = {n: m for m, n in self.module_names.items()}
-        unknown = [n for n in list(state["activity"]) + list(state["growth"]) if n not in modules]
-        if unknown:
-            raise ValueError(f"the state dict refers to layers this model does not have: {unknown[:5]}")
-        return modules
-
-    def _load_state(self, state: dict, modules: Any) -> None:
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        if isinstance(self.importance, SCAImportance):
-            self.importance.recorder.load_state_dict(state["activity"], modules, device)
-        self._growth.load_state_dict(state["growth"], modules, device)

@@ -2,17 +2,17 @@
 and the runs ``sca-prune report`` compares (run folders found under a parent, runs told apart by
 every setting in which they differ).
 
-MACs are counted with forward hooks on every convolution and linear layer (SpikingJelly's
-``layer.*`` wrappers included, whatever the step mode): ``output elements x (input channels per
-group x kernel size)``. They are synaptic MACs of a dense (ANN-style) evaluation: BatchNorm, pooling
-and neuron updates are not included, and spikes are not assumed sparse (SynOps are a separate
-measure).
+MACs are the synaptic operators' (convolution and matrix products, SpikingJelly's ``layer.*``
+wrappers included, whatever the step mode) as ``torch.utils.flop_counter`` counts them, FLOPs / 2:
+``output elements x (input channels per group x kernel size)``; the same count as
+``spiking_metrics``' ``dense_macs`` (:func:`sca_plugin.metrics.synaptic_macs`). They are MACs of a
+dense (ANN-style) evaluation: BatchNorm, pooling and neuron updates are not included, and spikes are
+not assumed sparse (SynOps are a separate measure).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +23,7 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 
 from .config import RUN_FREE_FIELDS
-from .graph import _call, preserve_training_mode
+from .graph import call_model, preserve_training_mode
 from .neurons import is_spiking_neuron, neuron_channel_dim
 
 __all__ = ["count_parameters", "count_macs", "conv_channels", "model_stats", "pruning_report", "find_runs",
@@ -37,36 +37,28 @@ def count_parameters(model: nn.Module) -> int:
 def count_macs(model: nn.Module, example_inputs: Any, forward_fn=None) -> Dict[str, int]:
     """``{'total', 'per_step', 'time_steps', 'batch_size'}``: MACs per sample over all time steps and
     per time step, from one eval-mode forward pass of ``example_inputs`` (neuron state is reset)."""
-    macs = [0]
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .metrics import synaptic_macs
+
     neuron_calls: List[tuple] = []
-
-    def conv_hook(m, args, out):
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        macs[0] += out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
-
-    def linear_hook(m, args, out):
-        macs[0] += out.numel() * m.in_features
 
     def neuron_hook(m, args):
         neuron_calls.append((m, tuple(args[0].shape)))
 
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
-        elif is_spiking_neuron(m):
-            handles.append(m.register_forward_pre_hook(neuron_hook))
+    handles = [m.register_forward_pre_hook(neuron_hook) for m in model.modules() if is_spiking_neuron(m)]
+    flops = FlopCounterMode(display=False)
     try:
         with preserve_training_mode(model), torch.no_grad():
             model.eval()
             functional.reset_net(model)
-            _call(model, example_inputs, forward_fn)
+            with flops:
+                call_model(model, example_inputs, forward_fn)
             functional.reset_net(model)
     finally:
         for h in handles:
             h.remove()
+    macs = [synaptic_macs(flops)]
     if neuron_calls:
         first, shape = neuron_calls[0]
         if neuron_channel_dim(first) == 2:

@@ -441,7 +441,7 @@ class SDSNNPruner(DynamicChannelPruner):
     def _config(self) -> dict:
         return {**{k: getattr(self, k) for k in _SDSNN_KEYS}, "masking": self.masking}
 
-    def _collector_state(self) -> Dict[str, Any]:
+    def _extra_state(self) -> Dict[str, Any]:
         return {"sdsnn": {
             "format": _SDSNN_FORMAT, "rates": list(self.rates),
             "pruned": [p.clone() for p in self.pruned],

@@ -23,10 +23,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 from torch_pruning import ops
 
-from ..graph import SpikingMetaPruner
+from ..graph import build_graph
 from ..importance import group_members
 from ..masking import group_producers, is_batchnorm
 
@@ -88,9 +87,7 @@ class NNIBuiltinPruning:
 
     # ------------------------------------------------------------------ groups and config
     def _groups(self, ignored: List[nn.Module]) -> List[_Group]:
-        meta = SpikingMetaPruner(self.model, self.example_inputs, tp.importance.GroupMagnitudeImportance(),
-                                 ignored_layers=ignored, root_module_types=[ops.TORCH_CONV], forward_fn=self.forward_fn)
-        DG = meta.DG
+        DG, _ = build_graph(self.model, self.example_inputs, self.forward_fn)
         groups = []
         for group in DG.get_all_groups(ignored_layers=ignored, root_module_types=[ops.TORCH_CONV]):
             convs = {self.names[m]: pair for m, pair in group_producers(DG, group, (ops.TORCH_CONV,)).items()}

@@ -4,8 +4,8 @@ A real ``nni.compression.base.compressor.Pruner``: NNI wraps the configured modu
 masks in its target spaces and trains through an ``Evaluator``. The SCA rule itself is not copied:
 
 * the dependency graph (which layers share a channel) is traced once, before NNI wraps the model,
-  with :class:`sca_plugin.graph.SpikingMetaPruner` (spiking neurons registered, time dimension
-  repaired), exactly as the Torch-Pruning core :class:`sca_plugin.SCAPruner` does;
+  with :func:`sca_plugin.graph.build_graph` (spiking neurons registered, time dimension repaired),
+  the graph the Torch-Pruning core :class:`sca_plugin.SCAPruner` prunes on;
 * activity statistics come from :class:`sca_plugin.activity.MembraneActivityRecorder` (hooks on the
   spiking neurons; only training forwards count);
 * channel scores are :func:`sca_plugin.importance.group_channel_mean` over the neurons (activity)
@@ -54,8 +54,8 @@ from nni.compression.base.wrapper import ModuleWrapper
 from nni.compression.utils.evaluator import Evaluator, Hook, TensorHook
 
 from ..activity import DEFINITIONS, MembraneActivityRecorder
-from ..graph import SpikingMetaPruner, reaches_output
-from ..importance import SCAImportance, group_channel_mean, group_members
+from ..graph import build_graph, reaches_output
+from ..importance import group_channel_mean, group_members
 from ..masking import StraightThroughMask, group_producers, is_batchnorm, mask_targets, out_channels, \
     output_channel_dim, parameter_entries, zero_channels
 from ..regrowth import REGROW_SIGNALS, GradientMagnitudes
@@ -391,9 +391,7 @@ class SCAPruner(Pruner):
                 if name in (config.get("op_names") or []):
                     named.add(name)
         root_types = [t for t in _PRODUCER_TYPES if any(isinstance(m, t) for m in configured)]
-        meta = SpikingMetaPruner(model, example_inputs, SCAImportance(self.definition), forward_fn=forward_fn,
-                                 root_module_types=root_types)
-        DG = meta.DG
+        DG, _ = build_graph(model, example_inputs, forward_fn)
         groups: List[_Group] = []
         covered: Dict[nn.Module, _Group] = {}
         excluded: Dict[str, str] = {}
@@ -403,7 +401,7 @@ class SCAPruner(Pruner):
             members = [m for m in producers if m in configured]
             if not members:
                 continue
-            output_masked = {m for m, _, _ in mask_targets(meta.DG, group, self.module_names)}
+            output_masked = {m for m, _, _ in mask_targets(DG, group, self.module_names)}
             g = _Group(root, group, producers, group_members(group, is_batchnorm), output_masked)
             g.configured = [configured[m][0] for m in members]
             configs = [configured[m][1] for m in members]
