@@ -43,6 +43,7 @@ from common import REPO_ROOT, _clean, machine_info  # noqa: E402  (also puts the
 
 from sca_plugin.config import RUN_FREE_FIELDS, ConfigError, TrainConfig  # noqa: E402
 from sca_plugin.methods import get_method, method_names  # noqa: E402
+from sca_plugin.records import read_run_metrics  # noqa: E402
 
 SHARED_KEYS = ("dataset", "model", "width", "time_steps", "epochs", "batch_size", "lr", "train_limit", "test_limit")
 REQUIRED_KEYS = ("dataset", "model", "seeds", "methods")
@@ -199,7 +200,7 @@ def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, wo
         out = Path(item["config"].output_dir)
         metrics = _finished(item, results_dir)
         if metrics is not None:
-            saved = json.loads(metrics.read_text()).get("config", {})
+            saved = read_run_metrics(metrics).get("config", {})
             try:  # settings added since that run was made count with their defaults; defaults that
                 # depend on other settings count as the values the run used
                 saved = TrainConfig.from_dict({k: v for k, v in saved.items() if k not in RUN_FREE_FIELDS}).effective_dict()
@@ -221,7 +222,7 @@ def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, wo
         out = Path(cfg.output_dir)
         done_before = _finished(item, results_dir)
         if done_before is not None:
-            results[item["name"]] = json.loads(done_before.read_text())
+            results[item["name"]] = dict(read_run_metrics(done_before))
             reused.append(item["name"])
             continue
         if not train:

@@ -3,7 +3,6 @@ finished run's ``metrics.json`` and ``model.pt``, and the checks that a folder m
 resumed with the given settings. Every error says how to recover."""
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -15,12 +14,13 @@ import torch.nn as nn
 
 from .config import RUN_FREE_FIELDS, ConfigError, TrainConfig
 from .distributed import rank
+from .records import METRICS_FILE, MetricsFileError, read_run_metrics
 
 __all__ = ["RunError", "CHECKPOINT", "PREVIOUS_CHECKPOINT", "METRICS", "MODEL", "MODEL_STATE", "BASELINE",
            "load_run_config", "load_finalized_model", "read_checkpoint", "read_metrics", "check_output_dir",
            "finished_run", "rng_state", "set_rng_state"]
 
-CHECKPOINT, METRICS, MODEL, MODEL_STATE = "checkpoint.pt", "metrics.json", "model.pt", "model_state.pth"
+CHECKPOINT, METRICS, MODEL, MODEL_STATE = "checkpoint.pt", METRICS_FILE, "model.pt", "model_state.pth"
 
 
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the checkpoint of the epoch before, kept until the next one is written
@@ -68,15 +68,11 @@ def read_checkpoint(out: Path) -> dict:
 
 
 def read_metrics(out: Path) -> dict:
-    path = out / METRICS
+    """The finished run's record (:func:`sca_plugin.records.read_run_metrics`); RunError with the fix."""
     try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RunError(f"{path} is unreadable or not JSON ({type(e).__name__}); the run's results are damaged: "
-                       "start a new run in another --output-dir") from e
-    if not isinstance(metrics, dict):
-        raise RunError(f"{path} does not hold a JSON object; start a new run in another --output-dir")
-    return metrics
+        return read_run_metrics(out / METRICS)
+    except MetricsFileError as e:
+        raise RunError(f"{e}; the run's results are damaged: start a new run in another --output-dir") from e
 
 
 def load_run_config(run_dir: "os.PathLike[str] | str") -> Dict[str, Any]:

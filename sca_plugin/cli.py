@@ -170,14 +170,14 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from .datasets import load_dataset
-    from .checkpoints import METRICS, RunError, load_finalized_model
+    from .checkpoints import METRICS, RunError, load_finalized_model, read_metrics
     from .training import evaluate, time_major
 
     run = Path(args.run_dir)
     metrics_path = run / METRICS
     if not metrics_path.is_file():
         raise RunError(f"{metrics_path} does not exist; is {run} a finished `sca-prune train` run?")
-    cfg = TrainConfig.from_dict(json.loads(metrics_path.read_text())["config"])
+    cfg = TrainConfig.from_dict(read_metrics(run)["config"])
     import torch
 
     splits = load_dataset(cfg.dataset, data_root=args.data_root or cfg.data_root, time_steps=cfg.time_steps,
@@ -204,11 +204,11 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_export(args) -> int:
+    from .checkpoints import METRICS, read_metrics
     from .export import export_run
-    from .checkpoints import METRICS
 
     metrics_path = Path(args.run_dir) / METRICS
-    shape = json.loads(metrics_path.read_text()).get("input_shape") if metrics_path.is_file() else None
+    shape = read_metrics(Path(args.run_dir)).get("input_shape") if metrics_path.is_file() else None
     print(export_run(args.run_dir, args.out, args.format, input_shape=shape))
     return 0
 

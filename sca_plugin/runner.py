@@ -27,6 +27,7 @@ from .files import atomic_save, atomic_write_text, keep_previous
 from .graph import replay_pruning
 from .methods import build_pruner
 from .model_factory import build_model, unused_model_settings
+from .records import RunMetrics
 from .reporting import model_stats, pruning_report
 from .training import (NNIOneShot, evaluate, init_distributed, make_optimizer, seed_all, tensorboard_writer,
                        summary_writer, time_major, train_loop)
@@ -43,7 +44,7 @@ def _check_method(cfg: TrainConfig, model: nn.Module, example: Any, steps_per_ep
 
 
 def run_training(cfg: TrainConfig, log: Callable[[str], None] = print,
-                 on_epoch_end: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
+                 on_epoch_end: Optional[Callable[[int], None]] = None) -> RunMetrics:
     """Train (and prune) as ``cfg`` says; returns the metrics also written to ``metrics.json``.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process trains on its share of each global batch
@@ -182,7 +183,7 @@ def _dense_baseline(cfg, out, splits, train_loader, test_loader, example, device
 
 
 def _finish(cfg, out, model, pruner, splits, example, test_loader, device, before, baseline, epochs_log, start, log,
-            oneshot=None, backend=None):
+            oneshot=None, backend=None) -> RunMetrics:
     pruned = pruner is not None or oneshot is not None
     metrics_fn = _spiking_metrics()
     accuracy: Dict[str, Optional[float]] = {"dense": baseline["accuracy"] if baseline else None, "masked": None}

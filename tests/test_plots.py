@@ -114,7 +114,7 @@ def test_load_runs_adds_path_and_accepts_files(run_dirs, tmp_path):
         load_runs([tmp_path / "missing"])
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2")
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(ValueError, match="is unreadable or not valid JSON"):
         load_runs([bad])
 
 

@@ -39,4 +39,5 @@ __all__ = [
     "report_table",
     "FIGURE_FILES",
     "RunNotFoundError",
+    "main",
 ]

@@ -2,13 +2,14 @@
 and std over seeds; runs whose settings differ are labelled apart)."""
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from ..records import read_run_metrics
 
 
 
@@ -37,12 +38,7 @@ def load_runs(paths: Union[PathLike, Iterable[PathLike]]) -> List[dict]:
         f = p / "metrics.json" if p.is_dir() else p
         if not f.is_file():
             raise RunNotFoundError(f"no metrics.json in {p}" if p.is_dir() else f"{p} does not exist")
-        try:
-            data = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{f} is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{f} does not hold a JSON object")
+        data = dict(read_run_metrics(f))
         data["path"] = str(f.parent)
         runs.append(data)
     return runs
