@@ -90,6 +90,15 @@ def _type_error(name: str, value: Any) -> Optional[str]:
     return f"setting {name!r} must be {expected}, got {value!r} ({type(value).__name__})"
 
 
+#: the settings that take one of a few names (None, where a setting allows it, is checked apart)
+_CHOICES: Dict[str, tuple] = {
+    "mode": MODES, "masking": MASKINGS, "regrow_signal": REGROW_SIGNALS, "step_mode": ("m", "s"),
+    "regrow_decay": ("constant", "cosine"), "sca_normalizer": ("mean", "max", "sum"),
+    "sdsnn_range_layers": ("all", "last"), "lr_schedule": ("cosine", "step"), "optimizer": ("sgd", "adam"),
+    "schedule": SCHEDULES,
+}
+
+
 @dataclass
 class TrainConfig:
     dataset: str = field(default="digits", metadata={"help": "digits, mnist, fashion-mnist, nmnist-sim, cifar10, cifar100, nmnist, dvs-gesture, cifar10-dvs"})
@@ -149,30 +158,51 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first setting that is of the wrong type, out of
         range or inconsistent with another; types are checked first, so a wrong type is reported as
-        such (not as a failed comparison)."""
+        such (not as a failed comparison), then the names, the ranges, and what the method allows."""
         for f in dataclasses.fields(self):
             problem = _type_error(f.name, getattr(self, f.name))
             if problem:
                 raise ConfigError(problem, key=f.name)
-
-        def bad(msg: str) -> ConfigError:
-            return ConfigError(msg)
         try:
             spec = get_method(self.method)
         except ValueError as e:
             raise ConfigError(str(e), key="method") from None
         if self.preset is not None and self.preset not in PRESETS:
-            raise bad(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}")
-        for name, allowed in (("mode", MODES), ("masking", MASKINGS), ("regrow_signal", REGROW_SIGNALS)):
-            if getattr(self, name) not in allowed:
-                raise bad(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+            raise ConfigError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}", key="preset")
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}", key=name)
+        self._check_ranges()
+        self._check_method(spec)
+
+    def _check_ranges(self) -> None:
+        for name in ("epochs", "batch_size", "time_steps", "ramp_updates", "nni_training_steps", "lr_step_size",
+                     "sdsnn_n"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", key=name)
+        for name in ("l1", "bn_l1"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}", key=name)
+        if not 0.0 <= self.pruning_ratio < 1.0:
+            raise ConfigError(f"pruning_ratio must be in [0, 1), got {self.pruning_ratio}", key="pruning_ratio")
         if self.max_pruning_ratio is not None and not (0.0 < self.max_pruning_ratio <= 1.0
                                                        and self.max_pruning_ratio >= self.pruning_ratio):
-            raise bad(f"max_pruning_ratio must be in [pruning_ratio={self.pruning_ratio}, 1], got {self.max_pruning_ratio}")
-        if self.step_mode not in ("m", "s"):
-            raise bad(f"step_mode must be 'm' or 's', got {self.step_mode!r}")
-        if self.regrow_decay not in ("constant", "cosine"):
-            raise bad(f"regrow_decay must be 'constant' or 'cosine', got {self.regrow_decay!r}")
+            raise ConfigError(f"max_pruning_ratio must be in [pruning_ratio={self.pruning_ratio}, 1], got "
+                              f"{self.max_pruning_ratio}", key="max_pruning_ratio")
+        if not 0.0 < self.lr_gamma <= 1.0:
+            raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}", key="lr_gamma")
+        if self.fixed_mask_epochs is not None and not 0 <= self.fixed_mask_epochs < self.epochs:
+            raise ConfigError(f"fixed_mask_epochs ({self.fixed_mask_epochs}) must be in [0, epochs={self.epochs}): "
+                              "at least one epoch must update the masks")
+        if self.oneshot_epoch is not None and not 1 <= self.oneshot_epoch <= self.epochs:
+            raise ConfigError(f"oneshot_epoch must be in [1, epochs={self.epochs}], got {self.oneshot_epoch}")
+
+    def _check_method(self, spec: MethodSpec) -> None:
+        """What the method (its :class:`~sca_plugin.methods.MethodSpec`) allows of the other settings."""
+        def bad(msg: str) -> ConfigError:
+            return ConfigError(msg)
         if spec.kind == "sdsnn" and (self.regrow_ratio or self.oneshot_epoch is not None):
             raise bad("sdsnn regenerates synapses by its own rule and develops its structure every epoch: "
                       "drop --regrow-ratio / --oneshot-epoch")
@@ -183,51 +213,22 @@ class TrainConfig:
         if self.regrow_decay == "cosine" and not self.effective_regrow_ratio:
             raise bad(f"--regrow-decay cosine decays regrowth, but method {self.method!r} regrows nothing here; "
                       "set --regrow-ratio > 0 or drop --regrow-decay")
-        if self.sca_normalizer is not None:
-            if self.sca_normalizer not in ("mean", "max", "sum"):
-                raise bad(f"sca_normalizer must be mean, max or sum, got {self.sca_normalizer!r}")
-            if "sca_normalizer" not in spec.options:
-                raise bad(f"--sca-normalizer applies to the SCA methods, not {self.method!r}")
-        if self.sdsnn_range_layers not in ("all", "last"):
-            raise bad(f"sdsnn_range_layers must be 'all' or 'last', got {self.sdsnn_range_layers!r}")
-        if self.sdsnn_n is not None and self.sdsnn_n < 1:
-            raise bad(f"sdsnn_n must be at least 1, got {self.sdsnn_n}")
-        if self.lr_schedule not in ("cosine", "step"):
-            raise bad(f"lr_schedule must be 'cosine' or 'step', got {self.lr_schedule!r}")
-        if not 0.0 < self.lr_gamma <= 1.0:
-            raise bad(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise bad(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.schedule is not None and self.schedule not in SCHEDULES:
-            raise bad(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.sca_normalizer is not None and "sca_normalizer" not in spec.options:
+            raise bad(f"--sca-normalizer applies to the SCA methods, not {self.method!r}")
         if self.schedule not in (None, "constant") and (self.oneshot_epoch is not None or not spec.follows_schedule):
             raise bad(f"--schedule {self.schedule} ramps the sparsity over many mask updates, but method "
                       f"{self.method!r}{' with --oneshot-epoch' if self.oneshot_epoch is not None else ''} "
                       "prunes once (or never): drop --schedule")
-        for name in ("epochs", "batch_size", "time_steps", "ramp_updates", "nni_training_steps", "lr_step_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise bad(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.pruning_ratio < 1.0:
-            raise bad(f"pruning_ratio must be in [0, 1), got {self.pruning_ratio}")
-        if self.fixed_mask_epochs is not None and not 0 <= self.fixed_mask_epochs < self.epochs:
-            raise bad(f"fixed_mask_epochs ({self.fixed_mask_epochs}) must be in [0, epochs={self.epochs}): "
-                      "at least one epoch must update the masks")
         if self.fixed_mask_epochs is None and self.epochs < 2 and spec.updates_masks \
                 and self.oneshot_epoch is None:
             raise bad(f"method {self.method!r} with 1 epoch would finalize a structure it never trained (the last "
                       "epoch trains the final structure with the masks fixed): use --epochs 2 or more, or "
                       "--fixed-mask-epochs 0 to update the masks after the only epoch")
-        for name in ("l1", "bn_l1"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise bad(f"{name} must be >= 0, got {value}")
         if spec.one_shot:
             if self.update_interval is not None:
                 raise bad(f"{self.method} prunes once (after --oneshot-epoch): drop --update-interval")
             if not 0.0 < self.pruning_ratio:
                 raise bad(f"{self.method} needs a pruning_ratio in (0, 1), got {self.pruning_ratio}")
-        if self.oneshot_epoch is not None and not 1 <= self.oneshot_epoch <= self.epochs:
-            raise bad(f"oneshot_epoch must be in [1, epochs={self.epochs}], got {self.oneshot_epoch}")
 
     @property
     def effective_fixed_mask_epochs(self) -> int:

@@ -74,6 +74,58 @@ def _take_best(values, candidates, budget, floors, offsets, global_ranking):
     return chosen
 
 
+def _budgets(sizes: List[int], floors: List[int], sparsity, regrow_ratio, global_ranking: bool):
+    """``(channels to keep, of them kept by score)``: totals under global ranking, else per group."""
+    N = sum(sizes)
+    if global_ranking:
+        if not isinstance(sparsity, (int, float)) or not isinstance(regrow_ratio, (int, float)):
+            raise ValueError("global ranking takes one sparsity and one regrow ratio for all groups")
+        n_keep = max(N - round(sparsity * N), sum(floors))
+        return n_keep, max(n_keep - round(regrow_ratio * N), 0)
+    per_s = [sparsity] * len(sizes) if isinstance(sparsity, (int, float)) else list(sparsity)
+    per_q = [regrow_ratio] * len(sizes) if isinstance(regrow_ratio, (int, float)) else list(regrow_ratio)
+    if len(per_s) != len(sizes) or len(per_q) != len(sizes):
+        raise ValueError(f"{len(sizes)} groups but {len(per_s)} sparsities and {len(per_q)} regrow ratios")
+    n_keep = [max(n - round(s_ * n), f) for n, f, s_ in zip(sizes, floors, per_s)]
+    return n_keep, [max(k - round(q_ * n), 0) for k, n, q_ in zip(n_keep, sizes, per_q)]
+
+
+def _regrow(grow: torch.Tensor, kept: torch.Tensor, pools: List[torch.Tensor], n_keep, offsets: List[int],
+            global_ranking: bool) -> torch.Tensor:
+    """The channels regrown up to ``n_keep``: largest ``grow`` first, pool by pool."""
+    regrown = torch.zeros(kept.numel(), dtype=torch.bool)
+    spans = [(slice(0, offsets[-1]), 0, n_keep)] if global_ranking else \
+        [(slice(offsets[g], offsets[g + 1]), offsets[g], n_keep[g]) for g in range(len(offsets) - 1)]
+    for sl, start, target in spans:
+        need = max(0, target - int(kept[sl].sum()))
+        for pool in pools:
+            pick = _order(grow, torch.nonzero((pool & ~regrown)[sl]).flatten() + start)[:need]
+            regrown[pick] = True
+            need -= int(pick.numel())
+    return regrown
+
+
+def _round_groups(keep: torch.Tensor, regrown: torch.Tensor, score: torch.Tensor, grow: torch.Tensor,
+                  sizes: List[int], floors: List[int], offsets: List[int], round_to: int) -> None:
+    """Round every group's kept count to a multiple of ``round_to`` (in place): add by ``grow``,
+    drop the weakest by score, channels regrown just now last."""
+    for g, n in enumerate(sizes):
+        sl = slice(offsets[g], offsets[g + 1])
+        k = int(keep[sl].sum())
+        target = min(n, max(floors[g], int(round(k / round_to)) * round_to))
+        if target > k:
+            add = _order(grow, torch.nonzero(~keep[sl]).flatten() + offsets[g])[: target - k]
+            keep[add] = True
+            regrown[add] = True
+        elif target < k:
+            idx = torch.nonzero(keep[sl]).flatten() + offsets[g]
+            key = score.clone()
+            key[regrown] = float("inf")
+            drop = _order(key, idx, descending=False)[: k - target]
+            keep[drop] = False
+            regrown[drop] = False
+
+
 def select_channels(
     scores: Sequence[torch.Tensor],
     growth: Optional[Sequence[torch.Tensor]],
@@ -100,62 +152,18 @@ def select_channels(
     prev = torch.cat([p.detach().bool().cpu() for p in previous]) if previous is not None else None
     floors = [channel_floor(n, min_channels, round_to, max_pruning_ratio) for n in sizes]
 
-    if global_ranking:
-        if not isinstance(sparsity, (int, float)) or not isinstance(regrow_ratio, (int, float)):
-            raise ValueError("global ranking takes one sparsity and one regrow ratio for all groups")
-        n_keep = max(N - round(sparsity * N), sum(floors))
-        n_regrow = round(regrow_ratio * N)
-        keep_budget = max(n_keep - n_regrow, 0)
-    else:
-        per_s = [sparsity] * len(sizes) if isinstance(sparsity, (int, float)) else list(sparsity)
-        per_q = [regrow_ratio] * len(sizes) if isinstance(regrow_ratio, (int, float)) else list(regrow_ratio)
-        if len(per_s) != len(sizes) or len(per_q) != len(sizes):
-            raise ValueError(f"{len(sizes)} groups but {len(per_s)} sparsities and {len(per_q)} regrow ratios")
-        n_keep = [max(n - round(s_ * n), f) for n, f, s_ in zip(sizes, floors, per_s)]
-        keep_budget = [max(k - round(q_ * n), 0) for k, n, q_ in zip(n_keep, sizes, per_q)]
-
+    n_keep, keep_budget = _budgets(sizes, floors, sparsity, regrow_ratio, global_ranking)
     incremental = prev is not None and mode == "incremental"
     candidates = prev.clone() if incremental else torch.ones(N, dtype=torch.bool)
     kept = _take_best(score, candidates, keep_budget, floors, offsets, global_ranking)
-
     # regrowth: fill up to the target with the largest |dL/dgamma| among masked channels,
     # preferring (incremental mode) channels that were already masked before this update
     masked = ~kept
     pools = [masked & ~prev, masked & prev] if incremental else [masked]
-    regrown = torch.zeros(N, dtype=torch.bool)
-    if global_ranking:
-        need = max(0, n_keep - int(kept.sum()))
-        for pool in pools:
-            pick = _order(grow, torch.nonzero(pool & ~regrown).flatten())[:need]
-            regrown[pick] = True
-            need -= int(pick.numel())
-    else:
-        for g in range(len(sizes)):
-            sl = slice(offsets[g], offsets[g + 1])
-            need = max(0, n_keep[g] - int(kept[sl].sum()))
-            for pool in pools:
-                pick = _order(grow, torch.nonzero((pool & ~regrown)[sl]).flatten() + offsets[g])[:need]
-                regrown[pick] = True
-                need -= int(pick.numel())
+    regrown = _regrow(grow, kept, pools, n_keep, offsets, global_ranking)
     keep = kept | regrown
-
     if round_to:
-        for g, n in enumerate(sizes):
-            sl = slice(offsets[g], offsets[g + 1])
-            k = int(keep[sl].sum())
-            target = min(n, max(floors[g], int(round(k / round_to)) * round_to))
-            if target > k:
-                add = _order(grow, torch.nonzero(~keep[sl]).flatten() + offsets[g])[: target - k]
-                keep[add] = True
-                regrown[add] = True
-            elif target < k:
-                idx = torch.nonzero(keep[sl]).flatten() + offsets[g]
-                # drop the weakest by score, channels regrown just now last
-                key = score.clone()
-                key[regrown] = float("inf")
-                drop = _order(key, idx, descending=False)[: k - target]
-                keep[drop] = False
-                regrown[drop] = False
+        _round_groups(keep, regrown, score, grow, sizes, floors, offsets, round_to)
 
     before = prev if prev is not None else torch.ones(N, dtype=torch.bool)
     out = Selection(keep=[], pruned=[], regrown=[])

@@ -336,80 +336,18 @@ class ModelSpeedup:
         plan: List[Tuple[nn.Module, List[int]]] = []
         constant_layers: List[str] = []
         coupled_layers: List[str] = []
-        bn_types = ops.TORCH_BATCHNORM
         for group in DG.get_all_groups(root_module_types=(ops.TORCH_CONV, ops.TORCH_LINEAR)):
             root = group[0].dep.target.module
             root_name = names.get(root, repr(root))
-            n = len(group[0].idxs)
-            items = []  # (module, node type, is_out, is_in, local idxs, root idxs)
-            for item in group:
-                dep = item.dep
-                module = dep.target.module
-                node_type = DG.module2node[module].type if module in DG.module2node else None
-                items.append((module, node_type, DG.is_out_channel_pruning_fn(dep.handler),
-                              DG.is_in_channel_pruning_fn(dep.handler), list(item.idxs), list(item.root_idxs)))
-
-            candidate = torch.zeros(n, dtype=torch.bool)
-            for module, node_type, is_out, is_in, local, rootidx in items:
-                if module not in masks:
-                    continue
-                mixes = isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR))
-                producer = mixes and ((is_out and not is_in) or node_type == _T.DEPTHWISE_CONV)
-                if not (producer or isinstance(module, bn_types)):
-                    continue  # only its input channels belong to the group
-                removed = self._removed_by_masks(module, masks[module])
-                if removed is None:
-                    continue
-                for l, r in zip(local, rootidx):
-                    if l < removed.shape[0] and removed[l]:
-                        candidate[r] = True
+            items = self._group_items(DG, group)
+            candidate = self._masked_channels(items, masks, len(group[0].idxs))
             if not candidate.any():
                 continue
-
-            reason = None
-            for module, node_type, is_out, *_ in items:
-                node = DG.module2node.get(module)
-                last = is_out and node is not None and not node.outputs  # its output channels are the model's
-                if node_type == _T.OUTPUT or isinstance(module, ops._OutputOp) or last:
-                    reason = "reaches the model output"
-                elif module in names and not (
-                        isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR, bn_types)) or is_spiking_neuron(module)
-                        or node_type == _T.PRELU
-                        # parameter-free layers traced as element-wise (nn.ReLU, nn.Dropout, pooling ...)
-                        or (node_type in _CHANNEL_PRESERVING_OPS and next(module.parameters(), None) is None)):
-                    reason = f"coupled with {type(module).__name__} ({names[module]}), which is not analysed"
-                elif module not in names and node_type not in _CHANNEL_PRESERVING_OPS:
-                    reason = f"coupled with an operation of type {node_type!r}, which is not analysed"
-                if reason:
-                    break
+            reason = self._unanalysed(DG, items, names)
             if reason is not None:
                 self.kept_candidates[root_name] = {reason: torch.nonzero(candidate).flatten().tolist()}
                 continue
-
-            data_free = torch.ones(n, dtype=torch.bool)   # condition 1
-            zero_used = torch.ones(n, dtype=torch.bool)   # condition 2
-            bns = {m for m, *_ in items if isinstance(m, bn_types)}
-            for module, node_type, is_out, is_in, local, rootidx in items:
-                if not isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR)):
-                    continue
-                depthwise = node_type == _T.DEPTHWISE_CONV
-                if (is_out and not is_in) or depthwise:  # computes the channel from other channels
-                    w = module.weight.detach().flatten(1) != 0
-                    direct_bns = (self._direct_bns(DG, module, bns, names)
-                                  if feeds_only(DG, module, bns, names) else [])
-                    for l, r in zip(local, rootidx):
-                        free = not bool(w[l].any())
-                        if not free and direct_bns:
-                            # BN with gamma = 0 outputs its (data-free) bias whatever it is fed
-                            free = all(self._bn_weight_zero(b, group, r) for b in direct_bns)
-                        if not free:
-                            data_free[r] = False
-                elif is_in and not is_out:  # reads the channel
-                    seen = nonzero.get(module)
-                    for l, r in zip(local, rootidx):
-                        if seen is None or l >= seen.shape[0] or bool(seen[l]):
-                            zero_used[r] = False
-
+            data_free, zero_used = self._removal_conditions(DG, group, items, nonzero, names)
             removable = candidate & data_free & zero_used
             if bool(removable.all()):
                 removable[torch.nonzero(removable).flatten()[0]] = False  # keep one channel
@@ -429,6 +367,82 @@ class ModelSpeedup:
                 self.removed_channels[root_name] = idxs
                 plan.append((root, idxs))
         return plan, constant_layers, coupled_layers
+
+    @staticmethod
+    def _group_items(DG, group) -> list:
+        """``(module, node type, is_out, is_in, local idxs, root idxs)`` of every member of ``group``."""
+        items = []
+        for item in group:
+            dep = item.dep
+            module = dep.target.module
+            node_type = DG.module2node[module].type if module in DG.module2node else None
+            items.append((module, node_type, DG.is_out_channel_pruning_fn(dep.handler),
+                          DG.is_in_channel_pruning_fn(dep.handler), list(item.idxs), list(item.root_idxs)))
+        return items
+
+    def _masked_channels(self, items: list, masks, n: int) -> torch.Tensor:
+        """The group's channels (root indices) whose producers' or BatchNorms' masks remove them."""
+        candidate = torch.zeros(n, dtype=torch.bool)
+        for module, node_type, is_out, is_in, local, rootidx in items:
+            if module not in masks:
+                continue
+            mixes = isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR))
+            producer = mixes and ((is_out and not is_in) or node_type == _T.DEPTHWISE_CONV)
+            if not (producer or isinstance(module, ops.TORCH_BATCHNORM)):
+                continue  # only its input channels belong to the group
+            removed = self._removed_by_masks(module, masks[module])
+            if removed is None:
+                continue
+            for l, r in zip(local, rootidx):
+                if l < removed.shape[0] and removed[l]:
+                    candidate[r] = True
+        return candidate
+
+    @staticmethod
+    def _unanalysed(DG, items: list, names) -> Optional[str]:
+        """Why the group's channels cannot be removed safely (a member this analysis does not
+        cover, or the model's output), or None."""
+        for module, node_type, is_out, *_ in items:
+            node = DG.module2node.get(module)
+            last = is_out and node is not None and not node.outputs  # its output channels are the model's
+            if node_type == _T.OUTPUT or isinstance(module, ops._OutputOp) or last:
+                return "reaches the model output"
+            if module in names and not (
+                    isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR, ops.TORCH_BATCHNORM))
+                    or is_spiking_neuron(module) or node_type == _T.PRELU
+                    # parameter-free layers traced as element-wise (nn.ReLU, nn.Dropout, pooling ...)
+                    or (node_type in _CHANNEL_PRESERVING_OPS and next(module.parameters(), None) is None)):
+                return f"coupled with {type(module).__name__} ({names[module]}), which is not analysed"
+            if module not in names and node_type not in _CHANNEL_PRESERVING_OPS:
+                return f"coupled with an operation of type {node_type!r}, which is not analysed"
+        return None
+
+    def _removal_conditions(self, DG, group, items: list, nonzero, names) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per root channel: (1) computed from no data (all-zero filters, or BatchNorms with gamma 0
+        after them), (2) read as zeros by every consumer in the calibration forward."""
+        n = len(group[0].idxs)
+        data_free = torch.ones(n, dtype=torch.bool)
+        zero_used = torch.ones(n, dtype=torch.bool)
+        bns = {m for m, *_ in items if isinstance(m, ops.TORCH_BATCHNORM)}
+        for module, node_type, is_out, is_in, local, rootidx in items:
+            if not isinstance(module, (ops.TORCH_CONV, ops.TORCH_LINEAR)):
+                continue
+            if (is_out and not is_in) or node_type == _T.DEPTHWISE_CONV:  # computes the channel from others
+                w = module.weight.detach().flatten(1) != 0
+                direct_bns = self._direct_bns(DG, module, bns, names) if feeds_only(DG, module, bns, names) else []
+                for l, r in zip(local, rootidx):
+                    free = not bool(w[l].any())
+                    if not free and direct_bns:
+                        # BN with gamma = 0 outputs its (data-free) bias whatever it is fed
+                        free = all(self._bn_weight_zero(b, group, r) for b in direct_bns)
+                    if not free:
+                        data_free[r] = False
+            elif is_in and not is_out:  # reads the channel
+                seen = nonzero.get(module)
+                for l, r in zip(local, rootidx):
+                    if seen is None or l >= seen.shape[0] or bool(seen[l]):
+                        zero_used[r] = False
+        return data_free, zero_used
 
     def _direct_bns(self, DG, module, bns, names):
         """BatchNorms of the group reached from ``module`` through single-input non-layer ops."""
