@@ -70,18 +70,10 @@ def interleave(fns: Dict[str, Callable[[], object]], reps: int, warmup: int = 1,
 
 
 def train_step(model, opt, x, y, pruner=None, net=None) -> None:
-    """One training step as a user writes it with an SCA pruner: forward (through ``net``, e.g. a
-    compiled or DDP wrapper of ``model``, if given), backward, ``pruner.regularize``, step, reset."""
-    import torch.nn.functional as F
-    from spikingjelly.activation_based import functional
+    """One training step as a user writes it with an SCA pruner (``sca_plugin.training.train_step``)."""
+    from sca_plugin.training import train_step as step
 
-    loss = F.cross_entropy((model if net is None else net)(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if pruner is not None:
-        pruner.regularize(model)
-    opt.step()
-    functional.reset_net(model)
+    step(model, opt, x, y, pruner, net)
 
 
 def cpu_model() -> str:

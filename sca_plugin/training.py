@@ -23,7 +23,7 @@ from .methods import build_pruner
 from .optim import rebuild_optimizer
 from .pruner import NonFiniteStatisticsError
 
-__all__ = ["train_loop", "evaluate", "time_major", "seed_all", "make_optimizer", "make_scheduler",
+__all__ = ["train_loop", "train_step", "evaluate", "time_major", "seed_all", "make_optimizer", "make_scheduler",
            "training_module", "init_distributed", "updates_in_epoch", "NNIOneShot", "tensorboard_writer",
            "summary_writer"]
 
@@ -210,6 +210,21 @@ def _shard(t: torch.Tensor) -> torch.Tensor:
     return t if world_size() == 1 else torch.tensor_split(t, world_size())[rank()]
 
 
+def train_step(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, pruner=None,
+               net: Optional[nn.Module] = None) -> torch.Tensor:
+    """One training step as a user writes it with a pruner: forward (through ``net``, a compiled or
+    DDP wrapper of ``model``, if given), cross-entropy, backward, ``pruner.regularize``, optimizer
+    step, neuron states reset. Returns the loss (detached)."""
+    loss = F.cross_entropy((model if net is None else net)(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if pruner is not None:
+        pruner.regularize(model)
+    optimizer.step()
+    functional.reset_net(model)
+    return loss.detach()
+
+
 def _train_epoch(model, loader, kind, optimizer, pruner, device, cfg, updating, epoch, net=None) -> float:
     net = model if net is None else net
     model.train()
@@ -224,13 +239,7 @@ def _train_epoch(model, loader, kind, optimizer, pruner, device, cfg, updating, 
         bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, file=sys.stderr)
     for x, y in loader:
         x, y = time_major(_shard(x).to(device), kind), _shard(y).to(device)
-        loss = F.cross_entropy(net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if pruner is not None:
-            pruner.regularize(model)
-        optimizer.step()
-        functional.reset_net(model)
+        loss = train_step(model, optimizer, x, y, pruner, net)
         if pruner is not None and updating and cfg.update_interval is not None:
             pruner.maybe_update_masks()
         total += loss.item() * len(y)
