@@ -43,6 +43,7 @@ from common import REPO_ROOT, _clean, machine_info  # noqa: E402  (also puts the
 
 from sca_plugin.config import RUN_FREE_FIELDS, ConfigError, TrainConfig  # noqa: E402
 from sca_plugin.methods import get_method, method_names  # noqa: E402
+from sca_plugin.plots.runs import mean_std  # noqa: E402
 from sca_plugin.records import read_run_metrics  # noqa: E402
 
 SHARED_KEYS = ("dataset", "model", "width", "time_steps", "epochs", "batch_size", "lr", "train_limit", "test_limit")
@@ -265,12 +266,6 @@ def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, wo
 # --------------------------------------------------------------------------------------------------
 # summary
 # --------------------------------------------------------------------------------------------------
-def _mean_std(values) -> Dict[str, Optional[float]]:
-    from sca_plugin.plots.runs import mean_std
-
-    return mean_std(values)
-
-
 def _labelled_runs(metrics: Dict[str, Dict[str, Any]], rows: Optional[Dict[str, str]]) -> List[Dict[str, Any]]:
     """Run metrics with ``method`` set to the row label (variants are rows of their own)."""
     runs = []
@@ -293,7 +288,7 @@ def summarize_runs(metrics: Dict[str, Dict[str, Any]], rows: Optional[Dict[str, 
         rs = g["runs"]
         spec = _spec_of(rs[0])
         layers = list((rs[0].get("channels") or {}).get("before") or {})
-        channels = {n: _mean_std((r.get("channels") or {}).get("after", {}).get(n) for r in rs) for n in layers}
+        channels = {n: mean_std((r.get("channels") or {}).get("after", {}).get(n) for r in rs) for n in layers}
         groups.append({
             "method": g["method"],
             "pruning_ratio": g["pruning_ratio"],
@@ -308,8 +303,8 @@ def summarize_runs(metrics: Dict[str, Dict[str, Any]], rows: Optional[Dict[str, 
             "macs_per_step": g["macs_per_step"],
             "macs_per_step_before": g["macs_per_step_before"],
             "synops": g["synops"],
-            "synops_std": _mean_std((r.get("synops") or {}).get("after") for r in rs)["std"],
-            "activation_sparsity": _mean_std(r.get("activation_sparsity") for r in rs)["mean"],
+            "synops_std": mean_std((r.get("synops") or {}).get("after") for r in rs)["std"],
+            "activation_sparsity": mean_std(r.get("activation_sparsity") for r in rs)["mean"],
             "channels_before": dict((rs[0].get("channels") or {}).get("before") or {}),
             "channels_after_mean": {n: v["mean"] for n, v in channels.items()},
             "channels_after_std": {n: v["std"] for n, v in channels.items()},
@@ -318,9 +313,9 @@ def summarize_runs(metrics: Dict[str, Dict[str, Any]], rows: Optional[Dict[str, 
             "schedule": _schedule(rs[0]),
             "emergent_sparsity": bool(spec and spec.emergent_sparsity),
             "baseline": bool(spec and spec.baseline),
-            "channel_sparsity": _mean_std(_channel_sparsity(r) for r in rs)["mean"],
-            "connectivity": _mean_std((r.get("connectivity") or {}).get("total") for r in rs)["mean"],
-            "wall_time_s_mean": _mean_std(r.get("wall_time_s") for r in rs)["mean"],
+            "channel_sparsity": mean_std(_channel_sparsity(r) for r in rs)["mean"],
+            "connectivity": mean_std((r.get("connectivity") or {}).get("total") for r in rs)["mean"],
+            "wall_time_s_mean": mean_std(r.get("wall_time_s") for r in rs)["mean"],
             "base_method": (rs[0].get("config") or {}).get("method", g["method"]),
             "collapsed_runs": [r["path"] for r in rs if run_collapse(r)["collapsed"]],
         })

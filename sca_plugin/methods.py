@@ -25,12 +25,13 @@ current folder, as ``--model module:callable``), ``methods: [my_methods:my-l1]``
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch.nn as nn
 import torch_pruning as tp
+
+from .user_code import import_user_module
 
 if TYPE_CHECKING:  # config imports this module
     from .config import TrainConfig
@@ -183,16 +184,7 @@ def get_method(name: str) -> MethodSpec:
         return _REGISTRY[name]
     if ":" in name:
         module_name, _, method = name.partition(":")
-        try:
-            importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name and module_name.startswith(e.name):
-                raise ValueError(f"cannot import method {name!r}: no module {e.name!r} here; run from the folder "
-                                 f"that holds {e.name.replace('.', '/')}.py, or add that folder to PYTHONPATH") from e
-            raise ValueError(f"cannot import method {name!r}: importing {module_name} failed ({e})") from e
-        except Exception as e:
-            raise ValueError(f"cannot import method {name!r}: importing {module_name} failed "
-                             f"({type(e).__name__}: {e})") from e
+        import_user_module(module_name, f"method {name!r}", wrap_all=True)
         if method in _REGISTRY:
             return _REGISTRY[method]
         raise ValueError(f"unknown method {name!r}: importing {module_name} registered no method {method!r} "

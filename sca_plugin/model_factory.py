@@ -3,13 +3,13 @@ called with the settings it accepts (a setting it cannot apply is refused, never
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 from typing import Callable, List, Optional
 
 import torch.nn as nn
 
 from .config import ConfigError, TrainConfig
+from .user_code import import_user_module
 
 __all__ = ["build_model", "unused_model_settings"]
 
@@ -23,14 +23,7 @@ def _model_factory(cfg: TrainConfig) -> Callable[..., nn.Module]:
     """The callable ``cfg.model`` names: a reference model or ``module:callable``."""
     if ":" in cfg.model:
         module_name, _, attr = cfg.model.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            if isinstance(e, ModuleNotFoundError) and e.name and module_name.startswith(e.name):
-                raise ConfigError(f"cannot import model {cfg.model!r}: no module {e.name!r} here; give "
-                                  "module:callable importable from here (run from the folder that holds "
-                                  f"{e.name.replace('.', '/')}.py, or add that folder to PYTHONPATH)") from e
-            raise ConfigError(f"cannot import model {cfg.model!r}: importing {module_name} failed ({e})") from e
+        module = import_user_module(module_name, f"model {cfg.model!r}", ConfigError)
         factory = getattr(module, attr, None)
         if not callable(factory):
             raise ConfigError(f"cannot import model {cfg.model!r}: module {module_name} has no callable {attr!r}")

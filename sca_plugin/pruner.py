@@ -239,7 +239,6 @@ class SCAPruner(DynamicChannelPruner):
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if not isinstance(ramp_updates, int) or isinstance(ramp_updates, bool) or ramp_updates < 1:
             raise ValueError(f"ramp_updates must be a positive integer, got {ramp_updates!r}")
-        DynamicChannelPruner._validate_collectors(model, importance)
 
     def _check_groups(self) -> None:
         super()._check_groups()

@@ -20,6 +20,11 @@ def _hooks(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
+def _model():
+    torch.manual_seed(0)
+    return digits_cnn(T=2, width=0.5)
+
+
 def _forward(model, x):
     model.train()
     out = model(x)
@@ -29,8 +34,7 @@ def _forward(model, x):
 
 def test_recorder_lifecycle_attach_disable_enable_reset_detach(digits_batch):
     x, _ = digits_batch
-    torch.manual_seed(0)
-    model = digits_cnn(T=2, width=0.5)
+    model = _model()
     bare = _hooks(model)
     rec = MembraneActivityRecorder()
     neuron = next(m for m in model.modules() if is_spiking_neuron(m))
@@ -59,8 +63,7 @@ def test_recorder_lifecycle_attach_disable_enable_reset_detach(digits_batch):
 
 def test_gradient_collector_records_only_while_attached_and_enabled(digits_batch):
     x, y = digits_batch
-    torch.manual_seed(0)
-    model = digits_cnn(T=2, width=0.5)
+    model = _model()
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     grads = GradientMagnitudes()
     with pytest.raises(ValueError, match=r"needs the BatchNorms"):
@@ -128,8 +131,7 @@ class _ByCalls(tp.importance.Importance):
 
 def test_pruner_attaches_resets_saves_and_removes_any_collector_of_its_importance(digits_batch):
     x, y = digits_batch
-    torch.manual_seed(0)
-    model = digits_cnn(T=2, width=0.5)
+    model = _model()
     bare = _hooks(model)
     imp = _ByCalls()
     pruner = SCAPruner(model, x[:2], importance=imp, ignored_layers=[model.classifier], pruning_ratio=0.5)
@@ -153,8 +155,7 @@ def test_collector_state_round_trips_through_a_new_pruner(digits_batch):
     x, y = digits_batch
 
     def build():
-        torch.manual_seed(0)
-        model = digits_cnn(T=2, width=0.5)
+        model = _model()
         imp = _ByCalls()
         return model, imp, SCAPruner(model, x[:2], importance=imp, ignored_layers=[model.classifier])
 
