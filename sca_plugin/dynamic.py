@@ -21,7 +21,7 @@ pruners are thin subclasses over ``BasePruner``.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -321,9 +321,25 @@ class DynamicChannelPruner(SpikingMetaPruner):
                    for entries, keep in zip(self._channel_params, self.masks) if keep is not None)
 
     def parameter_of(self, module: nn.Module, name: str) -> torch.Tensor:
-        """A layer's parameter ``name``; an adapter whose framework holds parameters elsewhere while
-        it wraps the model (NNI) replaces this."""
-        return getattr(module, name)
+        """The trained tensor of a layer's parameter ``name`` (what resets zero, the regulariser
+        penalises and the regrowth hooks observe): the module's own, unless
+        :meth:`redirect_parameters` says where a framework keeps it."""
+        resolver = getattr(self, "_parameter_resolver", None)
+        return getattr(module, name) if resolver is None else resolver(module, name)
+
+    def redirect_parameters(self, resolver: Optional[Callable[[nn.Module, str], torch.Tensor]]) -> None:
+        """Tell the pruner where the trained parameters are while a framework wraps the model:
+        ``resolver(module, name)`` returns the tensor the optimizer updates (NNI keeps it in its
+        wrapper's target space, the module's attribute being recomputed from it at every forward).
+        Collectors that observe parameters move onto them; ``None`` restores the modules' own."""
+        self._check_usable("redirect_parameters()")
+        if resolver is not None and not callable(resolver):
+            raise TypeError(f"resolver must be callable as resolver(module, name), got {type(resolver).__name__}")
+        self._parameter_resolver = resolver
+        self._on_parameters_redirected()
+
+    def _on_parameters_redirected(self) -> None:
+        """Extension point: :meth:`redirect_parameters` changed where the parameters are."""
 
     def fix_masks(self) -> None:
         """Fix the structure for the rest of training (the final epochs, or fine-tuning before

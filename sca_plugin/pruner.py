@@ -8,6 +8,7 @@ removes the masked channels through it.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -21,7 +22,7 @@ from .neurons import is_spiking_neuron
 from .masking import MASKINGS, is_batchnorm
 from .regrowth import REGROW_SIGNALS, GradientMagnitudes
 from .schedule import REGROW_DECAYS, SCHEDULES, regrow_at, sparsity_at
-from .selection import MODES, Selection, select_channels
+from .selection import MODES, RankingScope, Selection, select_in_scopes
 
 __all__ = ["SCAPruner", "NonFiniteStatisticsError"]
 
@@ -77,9 +78,11 @@ class SCAPruner(DynamicChannelPruner):
             argument). Default None: ``(1 + pruning_ratio) / 2``, i.e. every group keeps at least half
             the network's kept fraction, which rules out a layer left with 1 of its 64 channels
             under global ranking. ``1.0`` lifts the cap (the reference code has none).
-        pruning_ratio_dict: ``{module or tuple of modules: ratio}`` (Torch-Pruning's argument): those
-            groups are pruned to their own ratio, ranked within the group; the rest follow
-            ``pruning_ratio`` (globally ranked among themselves with ``global_pruning``).
+        pruning_ratio_dict: ``{module or tuple of modules: ratio}`` (Torch-Pruning's argument and ranking
+            scopes): the groups of a key's layers (submodules included) are pruned to its ratio, ranked
+            together under ``global_pruning`` and each on its own otherwise; the rest follow
+            ``pruning_ratio`` (globally ranked among themselves with ``global_pruning``). See
+            :attr:`scopes` and :meth:`set_ranking_scopes`.
         schedule: ``"constant"`` (paper: full target from the first update), ``"linear"`` or
             ``"cubic"`` (AGP-like ramp over ``ramp_updates`` updates).
         update_interval: with :meth:`maybe_update_masks`, update the masks every this many steps.
@@ -167,10 +170,12 @@ class SCAPruner(DynamicChannelPruner):
         ignored = set(self.ignored_layers)
         self._l1_convs = [m for m in model.modules() if isinstance(m, ops.TORCH_CONV) and m not in ignored]
         self.pruning_ratio_dict = ratio_dict
-        self._local_ratio = self._group_ratios(ratio_dict)
+        #: how the groups are ranked (:meth:`set_ranking_scopes`)
+        self.scopes: List[RankingScope] = self._scopes_from_arguments(ratio_dict)
         self._l1_bns = sorted({m for _, group in self.groups for m in group_members(group, is_batchnorm)
                                if m.weight is not None and m not in ignored}, key=lambda m: self.module_names[m])
-        self._growth = GradientMagnitudes()  # attached in the dynamic phase of a regrowing run
+        # attached in the dynamic phase of a regrowing run, to the scales wherever parameter_of() finds them
+        self._growth = GradientMagnitudes(parameter=lambda m, name: self.parameter_of(m, name))
         self._own_collectors.append(self._growth)
         self._install()
 
@@ -195,25 +200,49 @@ class SCAPruner(DynamicChannelPruner):
             out[modules] = float(ratio)
         return out
 
-    def _group_ratios(self, ratio_dict: Dict[tuple, float]) -> List[Optional[float]]:
-        """Per group, its own ratio from ``pruning_ratio_dict`` (a key naming any member of the
-        group), or None (the group follows ``pruning_ratio``)."""
-        out: List[Optional[float]] = []
-        used = set()
-        for _, group in self.groups:
-            modules = {it.dep.target.module for it in group}
-            ratio = None
-            for key, r in ratio_dict.items():
-                if modules & set(key):
-                    ratio = r
-                    used.add(key)
-            out.append(ratio)
-        unused = [k for k in ratio_dict if k not in used]
-        if unused:
-            name = self.module_names.get(unused[0][0], repr(unused[0][0]))
-            raise ValueError(f"pruning_ratio_dict names {name}, which belongs to no prunable group (it is ignored or "
-                             "computes no channel of a root layer); remove it from the dict")
-        return out
+    def _scopes_from_arguments(self, ratio_dict: Dict[tuple, float]) -> List[RankingScope]:
+        """Torch-Pruning's ranking scopes: a ``pruning_ratio_dict`` key (a module, its submodules
+        included, or a tuple of them) is one scope at its ratio, ranked globally under
+        ``global_pruning`` and per group otherwise; the remaining groups form one scope at
+        ``pruning_ratio``."""
+        scopes: List[RankingScope] = []
+        taken: set = set()
+        for key, ratio in ratio_dict.items():
+            modules = {sub for m in key for sub in m.modules()}
+            idx = tuple(i for i, (_, group) in enumerate(self.groups) if i not in taken
+                        and modules & {it.dep.target.module for it in group})
+            if not idx:
+                name = self.module_names.get(key[0], repr(key[0]))
+                raise ValueError(f"pruning_ratio_dict names {name}, which belongs to no prunable group (it is ignored, "
+                                 "computes no channel of a root layer, or an earlier key took its groups); remove it")
+            taken.update(idx)
+            parts = [idx] if self.global_pruning else [(i,) for i in idx]
+            scopes += [RankingScope(part, ratio, self.global_pruning, self.max_pruning_ratio, regrow_within_ratio=True)
+                       for part in parts]
+        rest = tuple(i for i in range(len(self.groups)) if i not in taken)
+        if rest:
+            scopes.insert(0, RankingScope(rest, self.pruning_ratio, self.global_pruning, self.max_pruning_ratio))
+        return scopes
+
+    def set_ranking_scopes(self, scopes: Sequence[RankingScope]) -> None:
+        """Rank the groups in these :class:`~sca_plugin.selection.RankingScope`\ s from the next update
+        on, instead of the ones ``global_pruning`` and ``pruning_ratio_dict`` give (what
+        :class:`sca_plugin.nni.SCAPruner` builds from ``config_list``; a scheduler may change their
+        sparsities between updates). The schedule ramps every scope to its own sparsity."""
+        scopes = list(scopes)
+        for scope in scopes:
+            if not isinstance(scope, RankingScope):
+                raise TypeError(f"ranking scopes must be sca_plugin.selection.RankingScope, got {type(scope).__name__}")
+            if not 0.0 <= scope.sparsity < 1.0:
+                raise ValueError(f"a ranking scope's sparsity must be in [0, 1), got {scope.sparsity!r}")
+            cap = scope.max_pruning_ratio
+            if cap is not None and not scope.sparsity <= cap <= 1.0:
+                raise ValueError(f"a ranking scope's max_pruning_ratio must be in [sparsity, 1], got {cap!r}")
+        covered = sorted(i for scope in scopes for i in scope.groups)
+        if covered != list(range(len(self.groups))):
+            raise ValueError(f"ranking scopes must cover each of the {len(self.groups)} groups exactly once (indices "
+                             f"into pruner.groups), got {covered}")
+        self.scopes = scopes
 
     # ------------------------------------------------------------------ validation
     _NEEDS_NEURONS = "SCA scores channels by membrane activity, so it prunes spiking networks only"
@@ -255,6 +284,9 @@ class SCAPruner(DynamicChannelPruner):
                     f"by |dL/dgamma|; add a BatchNorm after {name}, ignore it, or use regrow_ratio=0")
 
     # ------------------------------------------------------------------ collectors
+    def _on_parameters_redirected(self) -> None:
+        self._on_phase_change()  # the regrowth hooks go onto the parameters where they now live
+
     def _on_phase_change(self) -> None:
         """Regrowth gradients are recorded in the dynamic phase only (their tensor hooks run in the
         autograd engine, outside a compiled graph, so they may come and go)."""
@@ -274,8 +306,9 @@ class SCAPruner(DynamicChannelPruner):
             if strength == 0:
                 continue
             for m in modules:
-                if m.weight.grad is not None:
-                    m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=strength)
+                weight = self.parameter_of(m, "weight")
+                if weight.grad is not None:
+                    weight.grad.add_(torch.sign(weight.detach()), alpha=strength)
 
     def current_sparsity_target(self) -> float:
         return sparsity_at(self.num_updates, self.pruning_ratio, self.schedule, self.ramp_updates)
@@ -325,7 +358,7 @@ class SCAPruner(DynamicChannelPruner):
             self._check_finite(growth, "regrowth gradients (|dL/dgamma| since the last update)")
         sparsity = self.current_sparsity_target()
         regrow = self.current_regrow_ratio()
-        selection = self._select(scores, growth, sparsity, regrow)
+        selection = self._select(scores, growth, regrow)
         self._commit(selection.keep,
                      head={"target_sparsity": sparsity, "regrow_ratio": regrow},
                      tail={"pruned": int(sum(len(p) for p in selection.pruned)),
@@ -333,31 +366,13 @@ class SCAPruner(DynamicChannelPruner):
         self._reset_collectors()
         return selection
 
-    def _select(self, scores, growth, sparsity: float, regrow: float) -> Selection:
-        """One selection over all groups: the groups of ``pruning_ratio_dict`` ranked each within
-        itself at its own ratio, the others as ``global_pruning`` says at ``sparsity``."""
+    def _select(self, scores, growth, regrow: float) -> Selection:
+        """One selection over all groups, scope by scope, each scope at its sparsity for this update."""
         previous = None if self.masks[0] is None else self.masks
-        common = dict(min_channels=self.min_channels, round_to=self.round_to, mode=self.mode,
-                      max_pruning_ratio=self.max_pruning_ratio)
-        own = [i for i, r in enumerate(self._local_ratio) if r is not None]
-        if not own:
-            return select_channels(scores, growth, previous, sparsity, regrow, self.global_pruning, **common)
-        rest = [i for i, r in enumerate(self._local_ratio) if r is None]
-        scale = sparsity / self.pruning_ratio if self.pruning_ratio > 0 else 1.0  # the ramp of a schedule
-        own_ratios = [self._local_ratio[i] * scale for i in own]
-        parts = []
-        for idx, global_ranking, ratio, q in ((rest, self.global_pruning, sparsity, regrow),
-                                              (own, False, own_ratios, [min(regrow, r) for r in own_ratios])):
-            if not idx:
-                continue
-            pick = lambda seq: None if seq is None else [seq[i] for i in idx]  # noqa: E731
-            parts.append((idx, select_channels(pick(scores), pick(growth), pick(previous), ratio, q,
-                                               global_ranking, **common)))
-        out = Selection(keep=[None] * len(scores), pruned=[None] * len(scores), regrown=[None] * len(scores))
-        for idx, sel in parts:
-            for j, i in enumerate(idx):
-                out.keep[i], out.pruned[i], out.regrown[i] = sel.keep[j], sel.pruned[j], sel.regrown[j]
-        return out
+        scopes = [replace(scope, sparsity=sparsity_at(self.num_updates, scope.sparsity, self.schedule,
+                                                        self.ramp_updates)) for scope in self.scopes]
+        return select_in_scopes(scores, growth, previous, scopes, regrow, min_channels=self.min_channels,
+                                round_to=self.round_to, mode=self.mode)
 
     # ------------------------------------------------------------------ state
     def _config(self) -> dict:

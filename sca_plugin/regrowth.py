@@ -27,8 +27,11 @@ class GradientMagnitudes(StatisticsCollector):
 
     name = "growth"
 
-    def __init__(self) -> None:
+    def __init__(self, parameter: Optional[Callable[[nn.Module, str], torch.Tensor]] = None) -> None:
+        """``parameter(bn, "weight")``: where a BatchNorm's trained scale lives (default its
+        ``weight``; a framework that re-hosts parameters while it wraps the model, NNI, says where)."""
         super().__init__()
+        self._parameter = parameter or getattr
         self.sums: Dict[nn.Module, torch.Tensor] = {}
         self.counts: Dict[nn.Module, int] = {}
         self.last: Dict[nn.Module, torch.Tensor] = {}
@@ -42,7 +45,7 @@ class GradientMagnitudes(StatisticsCollector):
             raise ValueError(f"GradientMagnitudes records the gradients of BatchNorm scales, but {bad} have no weight")
 
     def _install(self, model: nn.Module, modules: Optional[Iterable[nn.Module]]) -> list:
-        return [bn.weight.register_hook(self.hook_for(bn)) for bn in modules]
+        return [self._parameter(bn, "weight").register_hook(self.hook_for(bn)) for bn in modules]
 
     def hook_for(self, bn: nn.Module) -> Callable[[torch.Tensor], None]:
         """A tensor hook adding one step's ``|grad|`` of ``bn``'s scale."""

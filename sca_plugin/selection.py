@@ -15,16 +15,21 @@ group; every group keeps at least its floor (``min_channels``, ``round_to``, and
 ``max_pruning_ratio`` the channels that ratio leaves: ``n - floor(n * max_pruning_ratio)``), and
 with ``round_to`` each group's kept count is rounded to a multiple of it. Per-group ranking takes
 one sparsity (and regrow fraction) per group.
+
+A pruner ranks its groups in :class:`RankingScope`\ s (Torch-Pruning's ranking scopes): the
+groups of one scope are ranked together toward the scope's sparsity, each scope on its own
+(:func:`select_in_scopes`). The core pruner builds them from ``global_pruning`` and
+``pruning_ratio_dict``, the NNI pruner from ``config_list``'s ``global_group_id``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["MODES", "Selection", "select_channels", "channel_floor"]
+__all__ = ["MODES", "RankingScope", "Selection", "select_channels", "select_in_scopes", "channel_floor"]
 
 MODES = ("incremental", "rebuild")
 
@@ -34,6 +39,48 @@ class Selection:
     keep: List[torch.Tensor]                              # per group: bool, True = channel kept
     pruned: List[torch.Tensor] = field(default_factory=list)   # per group: indices masked by this update
     regrown: List[torch.Tensor] = field(default_factory=list)  # per group: indices unmasked by regrowth
+
+
+@dataclass(frozen=True)
+class RankingScope:
+    """Groups (indices into the pruner's groups) ranked together toward one sparsity.
+
+    ``global_ranking``: one ranking over the scope's channels (else every group toward the
+    sparsity on its own); ``max_pruning_ratio``: no group of the scope loses more than this
+    fraction; ``regrow_within_ratio``: regrow at most ``sparsity`` of the channels (a scope with
+    its own ratio, which may fall below the pruner's regrow fraction while a schedule ramps)."""
+    groups: Tuple[int, ...]
+    sparsity: float
+    global_ranking: bool = True
+    max_pruning_ratio: Optional[float] = None
+    regrow_within_ratio: bool = False
+
+
+def select_in_scopes(
+    scores: Sequence[torch.Tensor],
+    growth: Optional[Sequence[torch.Tensor]],
+    previous: Optional[Sequence[torch.Tensor]],
+    scopes: Sequence[RankingScope],
+    regrow_ratio: float,
+    min_channels: int = 1,
+    round_to: Optional[int] = None,
+    mode: str = "rebuild",
+) -> Selection:
+    """One :func:`select_channels` per scope; every group must be in exactly one scope."""
+    n = len(scores)
+    covered = sorted(i for scope in scopes for i in scope.groups)
+    if covered != list(range(n)):
+        raise ValueError(f"ranking scopes must cover each of the {n} groups exactly once, got groups {covered}")
+    out = Selection(keep=[None] * n, pruned=[None] * n, regrown=[None] * n)
+    for scope in scopes:
+        idx = list(scope.groups)
+        pick = lambda seq: None if seq is None else [seq[i] for i in idx]  # noqa: E731
+        q = min(regrow_ratio, scope.sparsity) if scope.regrow_within_ratio else regrow_ratio
+        sel = select_channels(pick(scores), pick(growth), pick(previous), scope.sparsity, q, scope.global_ranking,
+                              min_channels, round_to, mode, scope.max_pruning_ratio)
+        for j, i in enumerate(idx):
+            out.keep[i], out.pruned[i], out.regrown[i] = sel.keep[j], sel.pruned[j], sel.regrown[j]
+    return out
 
 
 def channel_floor(n: int, min_channels: int, round_to: Optional[int], max_pruning_ratio: Optional[float] = None) -> int:
