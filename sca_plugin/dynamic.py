@@ -17,6 +17,12 @@ A method supplies its keep-selection in ``update_masks()`` (computing the new ma
 :meth:`_commit`) and its own settings and state through the extension points ``_config``,
 ``_extra_state`` / ``_check_state`` / ``_load_state`` and ``_on_phase_change``, as Torch-Pruning's
 pruners are thin subclasses over ``BasePruner``.
+
+A framework that wraps the model and trains it itself (NNI, :mod:`sca_plugin.nni`) drives a pruner
+through three public hooks: :meth:`~DynamicChannelPruner.redirect_parameters` (where the trained
+parameters are), :meth:`~DynamicChannelPruner.set_forward_masks` (the framework applies the masks)
+and :meth:`~DynamicChannelPruner.detach_collectors` / :meth:`~DynamicChannelPruner.attach_collectors`
+(statistics hooks only while it trains).
 """
 from __future__ import annotations
 
@@ -123,6 +129,8 @@ class DynamicChannelPruner(SpikingMetaPruner):
         self._traced = {self.module_names[m]: (m, _param_shapes(m)) for m in self.DG.module2node
                         if m in self.module_names and m is not model}
         self._masker = ChannelMasker()
+        self._forward_masks = True  # set_forward_masks(): whether this pruner masks the layers' outputs itself
+        self._collecting = True     # detach_collectors() / attach_collectors(): statistics hooks on the model
         #: the method's own statistics collectors (besides the importance's); attached by the method
         self._own_collectors: List[StatisticsCollector] = []
 
@@ -210,7 +218,33 @@ class DynamicChannelPruner(SpikingMetaPruner):
         """Every statistics collector of this pruner: the importance's, then the method's own."""
         return collectors_of(self.importance) + list(self._own_collectors)
 
+    @property
+    def collecting(self) -> bool:
+        """Whether the statistics collectors are on the model (see :meth:`detach_collectors`); a
+        method attaches its own collectors only while this holds."""
+        return self._collecting
+
+    def attach_collectors(self) -> None:
+        """Put the statistics collectors back on the model after :meth:`detach_collectors` (the
+        importance's, and the method's own as the current phase needs them); idempotent."""
+        self._check_usable("attach_collectors()")
+        if self._collecting:
+            return
+        self._collecting = True
+        self._attach_collectors()
+        self._on_phase_change()
+
+    def detach_collectors(self) -> None:
+        """Take every statistics collector's hooks off the model, keeping what they gathered, until
+        :meth:`attach_collectors`. For a framework that gathers statistics only while it trains
+        (:class:`sca_plugin.nni.SCAPruner` around NNI's evaluator): the model carries no hook of this
+        pruner outside those stretches. Idempotent."""
+        self._collecting = False
+        self._detach_collectors()
+
     def _attach_collectors(self) -> None:
+        if not self._collecting:
+            return
         for c in collectors_of(self.importance):
             c.attach(self.model)
 
@@ -240,9 +274,26 @@ class DynamicChannelPruner(SpikingMetaPruner):
         for i, keep in enumerate(self.masks):
             self._apply_mask(i, keep)
 
+    def set_forward_masks(self, enabled: bool) -> None:
+        """Whether this pruner applies its masks to the layers' outputs (default True). A framework
+        that applies the same masks itself while it wraps the model (NNI's output target spaces in
+        :class:`sca_plugin.nni.SCAPruner`) switches them off: the pruner's forward hooks are removed
+        and it goes on computing, committing and resetting the masks. ``True`` installs them again
+        with the current masks."""
+        self._check_usable("set_forward_masks()")
+        self._forward_masks = bool(enabled)
+        if not self._forward_masks:
+            self._masker.remove()
+            return
+        for i, keep in enumerate(self.masks):
+            self._apply_mask(i, keep)
+
     def _apply_mask(self, i: int, keep: Optional[torch.Tensor]) -> None:
         """Set group ``i``'s forward masks (all ones while it has no mask yet, and under ``soft``
-        masking before the masks are fixed: the reference code zeroes channels only at updates)."""
+        masking before the masks are fixed: the reference code zeroes channels only at updates);
+        nothing while :meth:`set_forward_masks` has them off."""
+        if not self._forward_masks:
+            return
         soft = self.masking == "soft" and not self.fixed
         for module, local, root in self._mask_targets[i]:
             module_keep = torch.ones(out_channels(module), dtype=torch.bool)

@@ -291,7 +291,7 @@ class SCAPruner(DynamicChannelPruner):
         """Regrowth gradients are recorded in the dynamic phase only (their tensor hooks run in the
         autograd engine, outside a compiled graph, so they may come and go)."""
         self._growth.detach()
-        if self.regrow_ratio > 0 and not self.fixed:
+        if self.regrow_ratio > 0 and not self.fixed and self.collecting:
             bns = {m for _, group in self.groups for m in group_members(group, is_batchnorm) if m.weight is not None}
             self._growth.attach(self.model, modules=sorted(bns, key=lambda m: self.module_names[m]))
 

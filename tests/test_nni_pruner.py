@@ -213,14 +213,20 @@ def test_masked_model_equals_physically_pruned_model(arch):
 
 
 # ---------------------------------------------------------------------- same channels as the Torch-Pruning core
+# (the NNI pruner is an adapter over the core: its selection is the core's update by construction; this
+# checks the construction end to end, with the statistics of each front end's own training)
 @pytest.mark.parametrize("arch", ["digits", "resnet18"])
-def test_nni_and_torch_pruning_front_ends_pick_the_same_channels(arch):
+@pytest.mark.parametrize("config,core_kw", [
+    (CONFIG, {}),  # one global_group_id: the core's global ranking
+    ([{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], {"global_pruning": False}),  # every layer on its own
+], ids=["global", "per-layer"])
+def test_nni_and_torch_pruning_front_ends_pick_the_same_channels(arch, config, core_kw):
     base, c = build(arch)
     x, y = batch(c)
     m_nni, m_tp = copy.deepcopy(base), copy.deepcopy(base)
-    nni_pruner = SCAPruner(m_nni, CONFIG, None, regrow_ratio=0.1, example_inputs=x[:2])
+    nni_pruner = SCAPruner(m_nni, config, None, regrow_ratio=0.1, example_inputs=x[:2])
     nni_pruner.register_statistics_hooks()
-    tp_pruner = CoreSCAPruner(m_tp, x[:2], pruning_ratio=0.5, regrow_ratio=0.1, verify_atol=None)
+    tp_pruner = CoreSCAPruner(m_tp, x[:2], pruning_ratio=0.5, regrow_ratio=0.1, verify_atol=None, **core_kw)
     assert [g[0] for g in nni_pruner.coupled_modules()] == tp_pruner.group_names()
 
     def step(model):
@@ -237,6 +243,8 @@ def test_nni_and_torch_pruning_front_ends_pick_the_same_channels(arch):
         tp_pruner.update_masks()
         for names, keep in zip(nni_pruner.coupled_modules(), tp_pruner.masks):
             assert torch.equal(channel_keep(masks[names[0]]["weight"]), keep), f"update {update}, {names[0]}"
+        ours, core = nni_pruner.history[-1], tp_pruner.history[-1]
+        assert (ours["pruned"], ours["regrown"], ours["sparsity"]) == (core["pruned"], core["regrown"], core["sparsity"])
     nni_pruner.remove_statistics_hooks()
     nni_pruner.unwrap_model()
 
@@ -494,4 +502,121 @@ def test_layers_sca_cannot_prune_raise_when_named_or_when_nothing_is_left(config
     snap = snapshot(model)
     with pytest.raises(ValueError, match=match):
         SCAPruner(model, config, None, regrow_ratio=0.1, example_inputs=x)
+    assert_unchanged(model, snap)
+
+
+# ---------------------------------------------------------------------- ranking scopes, parameter redirection
+def three_conv_net(affine_bn=True):
+    """conv "0" -> BN "1" -> IF "2" -> conv "3" -> BN "4" -> IF "5" -> conv "6" -> BN "7" -> IF "8" -> classifier,
+    four channels each (single-step)."""
+    torch.manual_seed(0)
+    layers = []
+    for c_in in (1, 4, 4):
+        layers += [nn.Conv2d(c_in, 4, 3, padding=1), nn.BatchNorm2d(4), neuron.IFNode()]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+def set_activity(pruner, net, scores):
+    """Statistics as if training had recorded these mean activities ``{neuron index: per-channel scores}``."""
+    for i, values in scores.items():
+        pruner.recorder.sums[net[i]] = torch.tensor(values, dtype=torch.float32)
+        pruner.recorder.counts[net[i]] = torch.ones(1, dtype=torch.float64)
+
+
+ACTIVITY = {2: [1.0, 2.0, 3.0, 4.0], 5: [5.0, 6.0, 7.0, 8.0], 8: [4.0, 1.0, 3.0, 2.0]}
+
+
+def kept_channels(masks):
+    return {name: torch.nonzero(channel_keep(t["weight"])).flatten().tolist()
+            for name, t in sorted(masks.items()) if name in ("0", "3", "6")}
+
+
+@pytest.mark.parametrize("config,expected,scopes", [
+    # "0" and "3" share global_group_id "g": their 8 channels are ranked together and 4 kept; each keeps at least
+    # 4 - floor(4 * 0.75) = 1 (max_sparse_ratio's default (1 + 0.5) / 2): "0" keeps its best, "3" the other three;
+    # "6" has no global_group_id: ranked on its own, it keeps its best 2
+    ([{"op_names": ["0", "3"], "sparse_ratio": 0.5, "global_group_id": "g"}, {"op_names": ["6"], "sparse_ratio": 0.5}],
+     {"0": [3], "3": [1, 2, 3], "6": [0, 2]}, {("0", "3"): True, ("6",): False}),
+    # no global_group_id: every layer keeps its own best half
+    ([{"op_names": ["0", "3", "6"], "sparse_ratio": 0.5}],
+     {"0": [2, 3], "3": [2, 3], "6": [0, 2]}, {("0",): False, ("3",): False, ("6",): False}),
+    # one global group capped at 0.5: no layer may lose more than half, so the ranking cannot move channels
+    ([{"op_names": ["0", "3", "6"], "sparse_ratio": 0.5, "max_sparse_ratio": 0.5, "global_group_id": 0}],
+     {"0": [2, 3], "3": [2, 3], "6": [0, 2]}, {("0", "3", "6"): True}),
+], ids=["global-group-and-single", "per-layer", "global-capped"])
+def test_global_group_id_ranks_its_layers_together(config, expected, scopes):
+    net = three_conv_net()
+    pruner = SCAPruner(net, config, None, regrow_ratio=0.0, example_inputs=torch.rand(2, 1, 8, 8))
+    set_activity(pruner, net, ACTIVITY)
+    masks = pruner.generate_masks()
+    pruner.update_masks(masks)
+    assert kept_channels(masks) == expected
+    names = [g[0] for g in pruner.coupled_modules()]
+    assert {tuple(sorted(names[i] for i in s.groups)): s.global_ranking for s in pruner.core.scopes} == scopes
+    assert pruner.history[-1]["channels"] == {n: len(k) for n, k in expected.items()}
+    pruner.unwrap_model()
+
+
+@pytest.mark.parametrize("masking", ["reset", "reset-filters", "mask"])
+def test_the_core_resets_the_parameters_nni_trains(masking):
+    """The core resets masked channels through the parameter redirection: in NNI's wrapper (the
+    tensors the optimizer updates), not in the module attributes NNI recomputes at every forward."""
+    net = three_conv_net()
+    pruner = SCAPruner(net, [{"op_names": ["0", "3", "6"], "sparse_ratio": 0.5}], None, regrow_ratio=0.0,
+                       example_inputs=torch.rand(2, 1, 8, 8), masking=masking)
+    for i in (0, 1, 3, 4, 6, 7):  # the layers NNI trains, as the core sees them
+        for name in ("weight", "bias"):
+            held = net[i]._nni_wrapper.pruning_target_spaces[name].target
+            assert pruner.core.parameter_of(net[i], name) is held and isinstance(held, nn.Parameter)
+            with torch.no_grad():
+                held.uniform_(0.5, 1.0)
+    set_activity(pruner, net, ACTIVITY)
+    pruner.update_masks(pruner.generate_masks())
+    for conv, bn in ((0, 1), (3, 4), (6, 7)):
+        dead = ~pruner.core.masks[[g[0] for g in pruner.coupled_modules()].index(str(conv))]
+        assert int(dead.sum()) == 2
+        for i, zeroed in ((bn, masking != "mask"), (conv, masking == "reset-filters")):
+            for name in ("weight", "bias"):
+                held = pruner.core.parameter_of(net[i], name)
+                assert bool((held[dead] == 0).all()) == zeroed, (i, name)
+                assert bool((held[~dead] != 0).all())  # kept channels untouched
+    pruner.unwrap_model()
+    assert pruner.core.parameter_of(net[1], "weight") is net[1].weight  # unwrapped: the module's own again
+
+
+def test_the_model_carries_no_hook_of_the_core_outside_training():
+    """The core's statistics collectors are on the model only while compress() trains (or between
+    register_statistics_hooks() and remove_statistics_hooks()); its forward masks never are (NNI's
+    output target spaces apply the masks)."""
+    model, c = build("digits")
+    x, y = batch(c)
+    snap = snapshot(model)
+    pruner = SCAPruner(model, CONFIG, evaluator(model, x, y), regrow_ratio=0.1, interval_steps=2, example_inputs=x[:2])
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    assert hooks == snap[1] and not pruner.core.collecting
+    pruner.register_statistics_hooks()
+    assert pruner.core.collecting and pruner.recorder.is_attached
+    pruner.remove_statistics_hooks()
+    pruner.compress(max_steps=4)
+    assert pruner.num_updates == 2 and not pruner.recorder.is_attached
+    pruner.unwrap_model()
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == snap[1]
+    assert not any(hasattr(m, "_nni_wrapper") for m in model.modules())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"mode": "fancy"}, "mode must be one of"),
+    ({"min_channels": 0}, "min_channels must be a positive integer"),
+    ({"l1": -1.0}, "l1 must be a non-negative"),
+    ({"definition": "spikes"}, "unknown activity definition"),
+    ({"regrow_signal": "max"}, "regrow_signal must be one of"),
+    ({"masking": "soft"}, "'soft' needs no forward mask"),
+    ({"total_times": 0}, "total_times must be a positive integer"),
+])
+def test_arguments_the_core_refuses_leave_the_model_unwrapped_and_unchanged(kwargs, match):
+    model, c = build("digits")
+    x, _ = batch(c)
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        SCAPruner(model, CONFIG, None, example_inputs=x[:2], **kwargs)
     assert_unchanged(model, snap)

@@ -9,9 +9,10 @@
 
 There is one algorithm, in :mod:`sca_plugin.sdsnn`; this class connects it to NNI's pipeline: the
 config list picks the layers, the evaluator trains, every ``interval_steps`` optimizer steps (one
-"epoch" of structural development) the core's epoch step runs on NNI's wrapped parameters, and
-NNI's masks are the core's: synapse (weight-element) masks for the managed layers, the channel
-mask for their BatchNorms (weight and bias). As in the method, masks are not applied to the
+"epoch" of structural development, run by the :class:`~sca_plugin.nni.driver.TrainingDriver` both
+NNI front ends share) the core's epoch step runs on the parameters NNI trains (the core's
+``redirect_parameters``), and NNI's masks are the core's: synapse (weight-element) masks for the
+managed layers, the channel mask for their BatchNorms (weight and bias). As in the method, masks are not applied to the
 parameters during training (masked synapses keep training and are re-zeroed at each step);
 pruned channels' outputs are masked exactly as in the core, so ``ModelSpeedup`` on the returned
 masks gives the model the core's ``finalize()`` would.
@@ -30,7 +31,8 @@ from torch_pruning import ops
 from ..importance import group_members
 from ..masking import is_batchnorm
 from ..sdsnn import SDSNNPruner as _CoreSDSNN
-from .pruner import DEFER_APPLY_METHOD, evaluator_dummy_input, missing_example_inputs_message
+from .driver import TrainingDriver, check_driver_arguments, module_channels, wrapped_parameter
+from .pruner import DEFER_APPLY_METHOD
 
 __all__ = ["SDSNNPruner"]
 
@@ -38,7 +40,7 @@ _ALLOWED_KEYS = {"op_types", "op_names", "op_names_re", "exclude_op_names", "exc
 _PRODUCER_TYPES = (ops.TORCH_CONV, ops.TORCH_LINEAR)
 
 
-class SDSNNPruner(Pruner):
+class SDSNNPruner(TrainingDriver, Pruner):
     """SD-SNN (Han et al.) as an NNI 3.0 pruner.
 
     Args:
@@ -57,20 +59,13 @@ class SDSNNPruner(Pruner):
             ``range_layers``, ``min_channels``: see :class:`sca_plugin.SDSNNPruner`.
     """
 
+    _NO_DURATION = "SD-SNN develops the structure while training: pass max_steps or max_epochs to compress()"
+
     def __init__(self, model: nn.Module, config_list: List[Dict], evaluator: Optional[Evaluator] = None,
                  interval_steps: int = 100, total_times: int | Literal["unlimited"] = "unlimited",
                  example_inputs: Any = None, *, forward_fn=None, **sdsnn_kwargs: Any) -> None:
-        if evaluator is not None and not isinstance(evaluator, Evaluator):
-            raise TypeError(f"evaluator must be an NNI Evaluator (e.g. TorchEvaluator), got {type(evaluator).__name__}")
-        if not isinstance(interval_steps, int) or isinstance(interval_steps, bool) or interval_steps < 1:
-            raise ValueError(f"interval_steps must be a positive integer (optimizer steps per development step, "
-                             f"usually the steps of one epoch), got {interval_steps!r}")
-        if total_times != "unlimited" and (not isinstance(total_times, int) or total_times < 1):
-            raise ValueError(f"total_times must be a positive integer or 'unlimited', got {total_times!r}")
-        if example_inputs is None:  # NNI's convention: the graph is traced with the evaluator's dummy_input
-            example_inputs = evaluator_dummy_input(evaluator)
-        if example_inputs is None:
-            raise ValueError(missing_example_inputs_message("SDSNNPruner"))
+        example_inputs = check_driver_arguments("SDSNNPruner", model, evaluator, interval_steps, total_times,
+                                                example_inputs)
         selected = self._select(model, config_list)
         names = {m: n for n, m in model.named_modules()}
         ignored = [m for m in model.modules() if isinstance(m, _PRODUCER_TYPES) and m not in selected.values()]
@@ -95,7 +90,7 @@ class SDSNNPruner(Pruner):
         for spaces in self._target_spaces.values():
             for space in spaces.values():
                 space.apply_method = DEFER_APPLY_METHOD  # masks recorded, not applied: synapses keep training
-        self.core.parameter_of = self._parameter
+        self.core.redirect_parameters(wrapped_parameter)  # the core works on the parameters NNI trains
 
     @staticmethod
     def _select(model: nn.Module, config_list: List[Dict]) -> Dict[str, nn.Module]:
@@ -120,11 +115,6 @@ class SDSNNPruner(Pruner):
             selected.update(modules)
         return selected
 
-    def _parameter(self, module: nn.Module, name: str = "weight") -> torch.Tensor:
-        """A managed layer's parameter ``name``, wherever NNI keeps it while wrapped."""
-        space = self._target_spaces.get(self.module_names[module], {}).get(name) if self._is_wrapped else None
-        return getattr(module, name) if space is None else space.target
-
     # ------------------------------------------------------------------ NNI pipeline
     def _collect_data(self) -> Dict[str, Dict[str, torch.Tensor]]:
         return {}
@@ -139,9 +129,7 @@ class SDSNNPruner(Pruner):
             producers = self.core._producers[i]
             for module, (local, root) in list(producers.items()) + list(bns.items()):
                 name = self.module_names[module]
-                channel = torch.ones(self._parameter(module).shape[0], dtype=torch.bool)
-                if keep is not None:
-                    channel[torch.tensor(local)] = keep[torch.tensor(root)]
+                channel = module_channels(keep, local, root, wrapped_parameter(module, "weight").shape[0])
                 targets = {}
                 for target_name, space in self._target_spaces.get(name, {}).items():
                     t = space.target
@@ -155,45 +143,13 @@ class SDSNNPruner(Pruner):
                 masks[name] = targets
         return masks
 
-    def _register_trigger(self, evaluator: Evaluator) -> None:
-        self._current_step = 0
-        self._remaining = self.total_times
-
-        def after_step():
-            self._current_step += 1
-            if self._current_step < self.interval_steps:
-                return
-            self._current_step = 0
-            if self._remaining != "unlimited":
-                if self._remaining <= 0:
-                    return
-                self._remaining -= 1
-            self.step()
-
-        evaluator.patch_optimizer_step(before_step_tasks=[], after_step_tasks=[after_step])
-
     def step(self) -> None:
         """One structural-development step (what ``compress()`` runs every ``interval_steps``)."""
         self.core.update_masks()
         self.update_masks(self.generate_masks())
 
-    def _fuse_preprocess(self, evaluator: Evaluator) -> None:
-        self._register_trigger(evaluator)
-
-    def _fuse_postprocess(self, evaluator: Evaluator) -> None:
-        pass
-
-    def _single_compress(self, max_steps: Optional[int], max_epochs: Optional[int]) -> None:
-        if max_steps is None and max_epochs is None:
-            raise ValueError("SD-SNN develops the structure while training: pass max_steps or max_epochs to compress()")
-        if self.evaluator is None:
-            raise ValueError("SDSNNPruner.compress() trains through an NNI Evaluator; pass evaluator= when building it")
-        self._fusion_compress(max_steps, max_epochs)
-
-    def compress(self, max_steps: Optional[int] = None, max_epochs: Optional[int] = None):
-        """Train through the evaluator with a development step every ``interval_steps`` steps;
-        returns ``(model, masks)``: give the masks to :class:`sca_plugin.nni.ModelSpeedup`."""
-        return super().compress(max_steps, max_epochs)
+    def _driver_update(self) -> None:
+        self.step()
 
     def unwrap_model(self) -> None:
         """NNI's ``unwrap_model``: the plain model back, with the masked synapses zeroed; the
@@ -202,7 +158,7 @@ class SDSNNPruner(Pruner):
         if self._is_wrapped and self.core.synapses:
             self.core._zero_masked_synapses()
         super().unwrap_model()
-        self.core._uninstall()
+        self.core.remove()  # the core's forward masks off the plain model
 
     # ------------------------------------------------------------------ queries
     def connectivity(self) -> Dict[str, float]:
