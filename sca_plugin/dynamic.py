@@ -35,8 +35,9 @@ from torch_pruning import ops
 
 from .collectors import StatisticsCollector, collectors_of
 from .distributed import broadcast_
-from .graph import SpikingMetaPruner, reaches_output
-from .masking import MASKINGS, ChannelMasker, channel_parameters, mask_targets, out_channels, zero_channels
+from .graph import SpikingMetaPruner
+from .groups import channel_parameters, group_root, group_size, reaches_output
+from .masking import MASKINGS, ChannelMasker, mask_targets, out_channels, zero_channels
 from .neurons import is_spiking_neuron, untraced_neurons_message
 from .optim import rebuild_optimizer
 from .rollback import RemovalTransaction
@@ -113,7 +114,7 @@ class DynamicChannelPruner(SpikingMetaPruner):
 
         self.module_names: Dict[nn.Module, str] = {m: n for n, m in model.named_modules()}
         self.groups = [
-            (group[0].dep.target.module, group)
+            (group_root(group), group)
             for group in self.DG.get_all_groups(ignored_layers=self.ignored_layers,
                                                 root_module_types=self.root_module_types)
         ]
@@ -433,7 +434,7 @@ class DynamicChannelPruner(SpikingMetaPruner):
         """``{layer: (channels, kept)}`` for every prunable group, named by its root layer."""
         out = {}
         for (root, group), keep in zip(self.groups, self.masks):
-            n = len(group[0].idxs)
+            n = group_size(group)
             out[self.module_names[root]] = (n, n if keep is None else int(keep.sum()))
         return out
 
@@ -548,7 +549,7 @@ class DynamicChannelPruner(SpikingMetaPruner):
             "format": self._STATE_FORMAT,
             "config": self._config(),
             "groups": self.group_names(),
-            "group_sizes": [len(group[0].idxs) for _, group in self.groups],
+            "group_sizes": [group_size(group) for _, group in self.groups],
             "masks": [None if m is None else m.clone() for m in self.masks],
             "num_updates": self.num_updates,
             "num_steps": self.num_steps,
@@ -567,7 +568,7 @@ class DynamicChannelPruner(SpikingMetaPruner):
         if mismatched:
             raise ValueError(f"the state dict was made with other {self._SETTINGS_NAME} settings (" + "; ".join(mismatched)
                              + "); build the pruner with the same settings")
-        sizes = [len(group[0].idxs) for _, group in self.groups]
+        sizes = [group_size(group) for _, group in self.groups]
         if state["groups"] != self.group_names() or state["group_sizes"] != sizes:
             raise ValueError("the state dict belongs to another architecture: its prunable layers "
                              f"{list(zip(state['groups'], state['group_sizes']))[:4]}... do not match this model's "

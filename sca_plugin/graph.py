@@ -117,18 +117,6 @@ def _recording_neuron_channels(model: nn.Module, pruner: SpikingNeuronPruner) ->
             h.remove()
 
 
-def reaches_output(DG: tp.DependencyGraph, group) -> bool:
-    """Whether pruning ``group`` changes the model's output size: one of its layers whose output
-    channels it removes (not a consumer whose input channels shrink) feeds nothing (a graph output)."""
-    for dep, _ in group:
-        if DG.is_in_channel_pruning_fn(dep.handler) and not DG.is_out_channel_pruning_fn(dep.handler):
-            continue  # a consumer (conv/linear input channels): its output size stays
-        outputs = dep.target.outputs
-        if not outputs or any(n.type == ops.OPTYPE.OUTPUT for n in outputs):
-            return True
-    return False
-
-
 @contextlib.contextmanager
 def autograd_for_tracing() -> Iterator[None]:
     """Torch-Pruning traces the autograd graph ("Dependency graph relies on autograd for tracing"):

@@ -6,54 +6,17 @@ residual stream's group therefore aggregates every neuron fed by that stream.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
 from .activity import MembraneActivityRecorder
+from .groups import group_channel_mean, group_neurons
 from .neurons import is_spiking_neuron
 
-__all__ = ["SCAImportance", "group_channel_mean", "group_members"]
-
-
-def group_members(group, predicate: Callable[[nn.Module], bool]) -> Dict[nn.Module, tuple]:
-    """``{module: (local_idxs, root_idxs)}`` for the group's modules that satisfy ``predicate``.
-
-    A module reached through several dependencies appears once, with the union of its indices.
-    """
-    members: Dict[nn.Module, dict] = {}
-    for item in group:
-        module = item.dep.target.module
-        if not isinstance(module, nn.Module) or not predicate(module):
-            continue
-        pairs = members.setdefault(module, {})
-        for local, root in zip(item.idxs, item.root_idxs):
-            pairs.setdefault(int(local), int(root))
-    return {m: (list(p.keys()), list(p.values())) for m, p in members.items()}
-
-
-def group_channel_mean(group, values: Dict[nn.Module, torch.Tensor], predicate: Callable[[nn.Module], bool]) -> Optional[torch.Tensor]:
-    """Average per-channel ``values`` of the group's matching modules onto the root's channels.
-
-    Returns None when no matching module of the group has values.
-    """
-    n = len(group[0].idxs)
-    total = count = None
-    for module, (local, root) in group_members(group, predicate).items():
-        v = values.get(module)
-        if v is None:
-            continue
-        if total is None:
-            total = torch.zeros(n, dtype=torch.float32, device=v.device)
-            count = torch.zeros(n, dtype=torch.float32, device=v.device)
-        root_t = torch.tensor(root, device=v.device)
-        total.scatter_add_(0, root_t, v[torch.tensor(local, device=v.device)].float())
-        count.scatter_add_(0, root_t, torch.ones(len(root), device=v.device))
-    if total is None:
-        return None
-    return total / count.clamp_min(1)
+__all__ = ["SCAImportance"]
 
 
 class SCAImportance(tp.importance.Importance):
@@ -105,11 +68,11 @@ class SCAImportance(tp.importance.Importance):
         self.recorder.reset()
 
     def has_statistics(self, group) -> bool:
-        return any(self.recorder.score(m) is not None for m in group_members(group, is_spiking_neuron))
+        return any(self.recorder.score(m) is not None for m in group_neurons(group))
 
     @torch.no_grad()
     def __call__(self, group) -> Optional[torch.Tensor]:
-        members = group_members(group, is_spiking_neuron)
+        members = group_neurons(group)
         if not members:
             return None  # no spiking neuron in this group: nothing to score
         DG = getattr(group, "_DG", None)

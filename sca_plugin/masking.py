@@ -16,13 +16,12 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from torch_pruning import ops
 from spikingjelly.activation_based import base as sj_base
 
-from .importance import group_members
+from .groups import feeds_only, group_batchnorms, group_producers
 
-__all__ = ["MASKINGS", "StraightThroughMask", "output_channel_dim", "ChannelMasker", "mask_targets", "feeds_only",
-           "channel_parameters", "parameter_entries", "zero_channels"]
+__all__ = ["MASKINGS", "StraightThroughMask", "output_channel_dim", "ChannelMasker", "out_channels", "mask_targets",
+           "zero_channels"]
 
 #: how masked channels act during training (see :class:`sca_plugin.SCAPruner`, ``masking=``):
 #: ``"reset"``: forward mask with a straight-through gradient, the masked channels' BatchNorm weight
@@ -118,11 +117,6 @@ class ChannelMasker:
         self._through.clear()
 
 
-def is_batchnorm(m: nn.Module) -> bool:
-    """A BatchNorm layer (any of torch's; the layers whose weight is the channel's scale gamma)."""
-    return isinstance(m, ops.TORCH_BATCHNORM)
-
-
 def out_channels(module: nn.Module) -> int:
     """The number of output channels of a layer whose outputs can be masked per channel."""
     for attr in ("num_features", "out_channels", "out_features"):
@@ -138,7 +132,7 @@ def mask_targets(DG: tp.DependencyGraph, group, module_names: Dict[nn.Module, st
     output reaches nothing but BatchNorms of the same group (which zero it already, and whose
     normalised input must stay informative for the regrowth gradient).
     """
-    bns = group_members(group, is_batchnorm)
+    bns = group_batchnorms(group)
     targets = [(m, local, root) for m, (local, root) in bns.items()]
     for module, (local, root) in group_producers(DG, group).items():
         if not feeds_only(DG, module, set(bns), module_names):
@@ -146,65 +140,11 @@ def mask_targets(DG: tp.DependencyGraph, group, module_names: Dict[nn.Module, st
     return targets
 
 
-def group_producers(DG: tp.DependencyGraph, group, types=(ops.TORCH_CONV, ops.TORCH_LINEAR)) -> Dict[nn.Module, tuple]:
-    """``{layer: (local_idxs, root_idxs)}``: the conv/linear layers of ``group`` that compute its
-    channels (their output channels are pruned), not those that only read them."""
-    out = {}
-    for module, pair in group_members(group, lambda m: isinstance(m, types)).items():
-        handlers = [it.dep.handler for it in group if it.dep.target.module is module]
-        if any(DG.is_out_channel_pruning_fn(h) and not DG.is_in_channel_pruning_fn(h) for h in handlers):
-            out[module] = pair
-    return out
-
-
-def feeds_only(DG: tp.DependencyGraph, module: nn.Module, allowed: set, module_names) -> bool:
-    """True when every path from ``module``'s output reaches a layer in ``allowed`` before mixing."""
-    stack, seen = list(DG.module2node[module].outputs), set()
-    if not stack:
-        return False
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if node.module in module_names:  # a real layer of the model
-            if node.module not in allowed:
-                return False
-        elif len(node.inputs) > 1 or not node.outputs or isinstance(node.module, ops._OutputOp):
-            return False  # mixes with other tensors before any BatchNorm, or reaches the output
-        else:
-            stack.extend(node.outputs)
-    return True
-
-
-def channel_parameters(DG: tp.DependencyGraph, group) -> List[tuple]:
-    """``[(module, parameter name, channel dim, local_idxs, root_idxs, role)]``: the parameters that
-    carry the group's channels, as the reference code's ``do_masks`` zeroes them: the output rows
-    (filters) and bias of every conv/linear computing the channels (role ``"filter"``), and the
-    weight and bias of every BatchNorm of the group (role ``"bn"``; ``BN(0) = beta``, so zeroing
-    the scale alone would leave the channel firing)."""
-    return parameter_entries(group_producers(DG, group), group_members(group, is_batchnorm))
-
-
-def parameter_entries(producers: Dict[nn.Module, tuple], bns: Dict[nn.Module, tuple]) -> List[tuple]:
-    """:func:`channel_parameters` from a group's producers and BatchNorms (``{module: (local, root)}``)."""
-    out = []
-    for module, (local, root) in producers.items():
-        dim = 1 if isinstance(module, ops.TORCH_CONV) and getattr(module, "transposed", False) else 0
-        for name in ("weight", "bias"):
-            if getattr(module, name, None) is not None:
-                out.append((module, name, dim, local, root, "filter"))
-    for module, (local, root) in bns.items():
-        for name in ("weight", "bias"):
-            if getattr(module, name, None) is not None:
-                out.append((module, name, 0, local, root, "bn"))
-    return out
-
-
 @torch.no_grad()
 def zero_channels(entries: List[tuple], keep: torch.Tensor, parameter=None, filters: bool = True) -> int:
-    """Zero, in place, the slices of ``entries`` (from :func:`channel_parameters`) of the channels
-    where ``keep`` (over the group's root channels) is False; returns how many slices were zeroed.
+    """Zero, in place, the slices of ``entries`` (from :func:`sca_plugin.groups.channel_parameters`)
+    of the channels where ``keep`` (over the group's root channels) is False; returns how many
+    slices were zeroed.
     ``filters=False`` leaves the filter rows alone where the group has a BatchNorm (zeroing its
     weight and bias silences the channel). ``parameter(module, name)`` finds a parameter held
     elsewhere (NNI's wrappers); default getattr."""

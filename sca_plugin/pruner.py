@@ -17,9 +17,9 @@ import torch_pruning as tp
 from torch_pruning import ops
 
 from .dynamic import DynamicChannelPruner, NonFiniteStatisticsError
-from .importance import SCAImportance, group_channel_mean, group_members
-from .neurons import is_spiking_neuron
-from .masking import MASKINGS, is_batchnorm
+from .groups import group_batchnorms, group_channel_mean, group_modules, group_neurons, group_size, is_batchnorm
+from .importance import SCAImportance
+from .masking import MASKINGS
 from .regrowth import REGROW_SIGNALS, GradientMagnitudes
 from .schedule import REGROW_DECAYS, SCHEDULES, regrow_at, sparsity_at
 from .selection import MODES, RankingScope, Selection, select_in_scopes
@@ -172,8 +172,8 @@ class SCAPruner(DynamicChannelPruner):
         self.pruning_ratio_dict = ratio_dict
         #: how the groups are ranked (:meth:`set_ranking_scopes`)
         self.scopes: List[RankingScope] = self._scopes_from_arguments(ratio_dict)
-        self._l1_bns = sorted({m for _, group in self.groups for m in group_members(group, is_batchnorm)
-                               if m.weight is not None and m not in ignored}, key=lambda m: self.module_names[m])
+        self._l1_bns = sorted({m for _, group in self.groups for m in group_batchnorms(group, with_weight=True)
+                               if m not in ignored}, key=lambda m: self.module_names[m])
         # attached in the dynamic phase of a regrowing run, to the scales wherever parameter_of() finds them
         self._growth = GradientMagnitudes(parameter=lambda m, name: self.parameter_of(m, name))
         self._own_collectors.append(self._growth)
@@ -210,7 +210,7 @@ class SCAPruner(DynamicChannelPruner):
         for key, ratio in ratio_dict.items():
             modules = {sub for m in key for sub in m.modules()}
             idx = tuple(i for i, (_, group) in enumerate(self.groups) if i not in taken
-                        and modules & {it.dep.target.module for it in group})
+                        and modules & group_modules(group))
             if not idx:
                 name = self.module_names.get(key[0], repr(key[0]))
                 raise ValueError(f"pruning_ratio_dict names {name}, which belongs to no prunable group (it is ignored, "
@@ -273,12 +273,11 @@ class SCAPruner(DynamicChannelPruner):
         super()._check_groups()
         for root, group in self.groups:
             name = self.module_names.get(root, repr(root))
-            if isinstance(self.importance, SCAImportance) and not group_members(group, is_spiking_neuron):
+            if isinstance(self.importance, SCAImportance) and not group_neurons(group):
                 raise ValueError(
                     f"the channels of {name} reach no spiking neuron, so they have no SCA score; "
                     f"add {name} to ignored_layers or use another importance")
-            if self.regrow_ratio > 0 and not any(
-                    getattr(m, "weight", None) is not None for m in group_members(group, is_batchnorm)):
+            if self.regrow_ratio > 0 and not group_batchnorms(group, with_weight=True):
                 raise ValueError(
                     f"the channels of {name} have no BatchNorm with a weight, but regrowth ranks masked channels "
                     f"by |dL/dgamma|; add a BatchNorm after {name}, ignore it, or use regrow_ratio=0")
@@ -292,7 +291,7 @@ class SCAPruner(DynamicChannelPruner):
         autograd engine, outside a compiled graph, so they may come and go)."""
         self._growth.detach()
         if self.regrow_ratio > 0 and not self.fixed and self.collecting:
-            bns = {m for _, group in self.groups for m in group_members(group, is_batchnorm) if m.weight is not None}
+            bns = {m for _, group in self.groups for m in group_batchnorms(group, with_weight=True)}
             self._growth.attach(self.model, modules=sorted(bns, key=lambda m: self.module_names[m]))
 
     # ------------------------------------------------------------------ training-loop API
@@ -336,7 +335,7 @@ class SCAPruner(DynamicChannelPruner):
         scores = []
         for root, group in self.groups:
             imp = self.importance(group)
-            name, n = self.module_names[root], len(group[0].idxs)
+            name, n = self.module_names[root], group_size(group)
             if imp is None:
                 raise RuntimeError(f"importance {type(self.importance).__name__} returned None for the group of "
                                    f"{name}; ignore that layer or use another importance")

@@ -11,7 +11,7 @@ a model can be compared in float64 and cast back.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn

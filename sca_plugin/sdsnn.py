@@ -51,7 +51,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 
 from .dynamic import DynamicChannelPruner, NonFiniteStatisticsError
-from .masking import group_producers
+from .groups import group_producers, group_size
 
 __all__ = ["SDSNNImportance", "SDSNNPruner"]
 
@@ -117,7 +117,7 @@ class SDSNNImportance(tp.importance.Importance):
         if self.DG is None or not self.synapses:
             raise RuntimeError("SDSNNImportance has no synaptic ranges yet: it is filled by an SDSNNPruner's first "
                                "update_masks() (after one training epoch)")
-        n = len(group[0].idxs)
+        n = group_size(group)
         scores = None
         for module, (local, root) in group_producers(self.DG, group).items():
             syn = self.synapses.get(module)
@@ -213,7 +213,7 @@ class SDSNNPruner(DynamicChannelPruner):
         layers = [m for i in self._order for m in self._producers[i] if getattr(m, "weight", None) is not None]
         self._layers: List[nn.Module] = list(dict.fromkeys(layers))
         self.rates = [self.initial_fc_rate if fc else self.initial_rate for fc in self._fc]
-        self.pruned = [torch.zeros(len(group[0].idxs), dtype=torch.bool) for _, group in self.groups]
+        self.pruned = [torch.zeros(group_size(group), dtype=torch.bool) for _, group in self.groups]
         importance.DG = self.DG
         self.synapses = importance.synapses
         self._connectivity: Optional[Dict[str, float]] = None
@@ -341,7 +341,7 @@ class SDSNNPruner(DynamicChannelPruner):
 
     def _survivors(self, i: int) -> torch.Tensor:
         """Surviving incoming synapses per channel of group ``i`` (over every layer computing it)."""
-        n = len(self.groups[i][1][0].idxs)
+        n = group_size(self.groups[i][1])
         total = torch.zeros(n)
         for module, (local, root) in self._producers[i].items():
             syn = self.synapses.get(module)
@@ -361,7 +361,7 @@ class SDSNNPruner(DynamicChannelPruner):
         newly = 0
         for pos, i in enumerate(self._order):
             root, group = self.groups[i]
-            n = len(group[0].idxs)
+            n = group_size(group)
             scores = self.importance(group)
             k = min(int(n * self.rates[i] / 100.0), n - self.min_channels)
             if k > 0:
@@ -382,7 +382,7 @@ class SDSNNPruner(DynamicChannelPruner):
             alive = n - self._dead(i)
             if pos + 1 < len(self._order):
                 j = self._order[pos + 1]
-                alive_next = len(self.groups[j][1][0].idxs) - self._dead(j)
+                alive_next = group_size(self.groups[j][1]) - self._dead(j)
             else:
                 alive_next = alive
             self.rates[i] = min(self.rates[i] + self._rate_increment(epoch, self._fc[i], alive, alive_next), 100.0)
@@ -391,7 +391,7 @@ class SDSNNPruner(DynamicChannelPruner):
     def _channel_keep(self) -> List[torch.Tensor]:
         """A channel is kept while any incoming synapse survives (a regrown kernel revives it)."""
         if not self.synapses:
-            return [torch.ones(len(group[0].idxs), dtype=torch.bool) for _, group in self.groups]
+            return [torch.ones(group_size(group), dtype=torch.bool) for _, group in self.groups]
         keep = [self._survivors(i) > 0 for i in range(len(self.groups))]
         for i, k in enumerate(keep):  # never below min_channels (pruning respects it; be safe)
             if int(k.sum()) < self.min_channels:

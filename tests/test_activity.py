@@ -6,7 +6,7 @@ from spikingjelly.activation_based import layer, neuron, surrogate
 
 from sca_plugin import SCAImportance, SpikingMetaPruner
 from sca_plugin.activity import MembraneActivityRecorder
-from sca_plugin.importance import group_members
+from sca_plugin.groups import group_members
 from sca_plugin.neurons import charge_function_for, is_spiking_neuron
 
 

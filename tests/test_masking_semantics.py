@@ -7,7 +7,7 @@ import torch_pruning as tp
 
 from tests.helpers import outputs, train_steps
 from sca_plugin import SCAPruner
-from sca_plugin.masking import channel_parameters
+from sca_plugin.groups import channel_parameters
 from sca_plugin.models import digits_cnn, preact_resnet18
 from sca_plugin.selection import select_channels
 

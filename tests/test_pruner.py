@@ -9,7 +9,7 @@ from spikingjelly.activation_based import functional
 
 from tests.helpers import assert_not_silent, excite, outputs, train_steps
 from sca_plugin import SCAPruner
-from sca_plugin.importance import group_members
+from sca_plugin.groups import group_members
 from sca_plugin.models import digits_cnn, preact_resnet18, resnet18, sew_resnet, vgg16
 from sca_plugin.neurons import is_spiking_neuron
 

@@ -26,8 +26,7 @@ import torch.nn as nn
 from torch_pruning import ops
 
 from ..graph import build_graph
-from ..importance import group_members
-from ..masking import group_producers, is_batchnorm
+from ..groups import group_batchnorms, group_producers, group_size
 
 __all__ = ["NNI_BUILTIN_PRUNERS", "NNIBuiltinPruning"]
 
@@ -91,10 +90,9 @@ class NNIBuiltinPruning:
         groups = []
         for group in DG.get_all_groups(ignored_layers=ignored, root_module_types=[ops.TORCH_CONV]):
             convs = {self.names[m]: pair for m, pair in group_producers(DG, group, (ops.TORCH_CONV,)).items()}
-            bns = {self.names[m]: pair for m, pair in group_members(group, is_batchnorm).items()
-                   if getattr(m, "weight", None) is not None}
+            bns = {self.names[m]: pair for m, pair in group_batchnorms(group, with_weight=True).items()}
             if convs:
-                groups.append(_Group(convs, bns, len(group[0].idxs)))
+                groups.append(_Group(convs, bns, group_size(group)))
         if not groups:
             raise ValueError("no prunable convolution: every convolution is ignored or the model has none")
         if self.pruner_name == "slim":

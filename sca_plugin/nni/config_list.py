@@ -18,19 +18,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 from nni.compression.base.config import default_config_schema, select_modules_by_config, trans_legacy_config_list
-from torch_pruning import ops
 
-from ..graph import reaches_output
-from ..importance import group_members
-from ..masking import group_producers, is_batchnorm
-from ..neurons import is_spiking_neuron
+from ..groups import PRODUCER_TYPES, group_batchnorms, group_neurons, group_producers, reaches_output
 from ..selection import RankingScope
 
-__all__ = ["PRODUCER_TYPES", "ALLOWED_KEYS", "ConfiguredGroup", "GroupChoice", "validate_config_list",
+__all__ = ["ALLOWED_KEYS", "ConfiguredGroup", "GroupChoice", "validate_config_list",
            "choose_groups", "ranking_scopes"]
 
-#: the layers a config entry may select: their output channels are what SCA prunes
-PRODUCER_TYPES = (ops.TORCH_CONV, ops.TORCH_LINEAR)
 ALLOWED_KEYS = {"op_types", "op_names", "op_names_re", "exclude_op_names", "exclude_op_types",
                 "exclude_op_names_re", "target_names", "sparse_ratio", "global_group_id",
                 "dependency_group_id", "granularity", "max_sparse_ratio"}
@@ -172,7 +166,7 @@ def choose_groups(DG, groups: Sequence[tuple], configs: Configs, module_names: D
         members = [m for m in producers if m in configured]
         if not members:
             continue
-        g = _configured_group(producers, group_members(group, is_batchnorm), [configured[m] for m in members])
+        g = _configured_group(producers, group_batchnorms(group), [configured[m] for m in members])
         error, reason = _unprunable(DG, group, g, regrow_ratio)
         if reason is not None:
             if any(n in named for n in g.configured):
@@ -215,7 +209,7 @@ def _unprunable(DG, group, g: ConfiguredGroup, regrow_ratio: float) -> Tuple[Opt
         return (f"the channels of {names} are the model's output (pruning them would change the output's size, "
                 "e.g. the number of classes); exclude them from config_list (exclude_op_names)",
                 "its channels are the model's output; pruning them would change the output's size")
-    if not group_members(group, is_spiking_neuron):
+    if not group_neurons(group):
         return (f"the output channels of {names} reach no spiking neuron, so they have no SCA score "
                 "(e.g. the classifier); exclude them from config_list",
                 "its output channels reach no spiking neuron, so they have no SCA score")

@@ -42,7 +42,6 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from torch_pruning import ops
 
 from nni.compression.base.apply_method import pruning_apply_methods
 from nni.compression.base.compressor import Pruner
@@ -51,11 +50,11 @@ from nni.compression.base.target_space import TargetType
 from nni.compression.base.wrapper import ModuleWrapper
 from nni.compression.utils.evaluator import Evaluator
 
+from ..groups import PRODUCER_TYPES, group_size, parameter_channel_dim
 from ..importance import SCAImportance
 from ..masking import StraightThroughMask, mask_targets, out_channels, output_channel_dim
 from ..pruner import SCAPruner as _CoreSCAPruner
-from .config_list import PRODUCER_TYPES, ConfiguredGroup, choose_groups, ranking_scopes, root_module_types, \
-    validate_config_list
+from .config_list import ConfiguredGroup, choose_groups, ranking_scopes, root_module_types, validate_config_list
 from .driver import TrainingDriver, check_driver_arguments, evaluator_dummy_input, \
     missing_example_inputs_message, module_channels, wrapped_parameter
 
@@ -325,7 +324,7 @@ class SCAPruner(TrainingDriver, Pruner):
                         masks.setdefault(name, {})[target_name] = channel.float()
                     elif space.target is not None:
                         target = space.target
-                        dim = 1 if isinstance(module, ops.TORCH_CONV) and getattr(module, "transposed", False) else 0
+                        dim = parameter_channel_dim(module)
                         shape = [1] * target.dim()
                         shape[dim] = -1
                         masks.setdefault(name, {})[target_name] = channel.to(
@@ -358,7 +357,7 @@ class SCAPruner(TrainingDriver, Pruner):
 
     def channel_counts(self) -> Dict[str, Tuple[int, int]]:
         """``{representative configured module: (channels, kept)}`` per pruned group."""
-        sizes = [len(group[0].idxs) for _, group in self.core.groups]
+        sizes = [group_size(group) for _, group in self.core.groups]
         return {g.rep: (n, n if keep is None else int(keep.sum()))
                 for g, n, keep in zip(self._groups, sizes, self.core.masks)}
 

@@ -26,10 +26,8 @@ import torch.nn as nn
 from nni.compression.base.compressor import Pruner
 from nni.compression.base.config import select_modules_by_config
 from nni.compression.utils import Evaluator
-from torch_pruning import ops
 
-from ..importance import group_members
-from ..masking import is_batchnorm
+from ..groups import PRODUCER_TYPES, group_batchnorms
 from ..sdsnn import SDSNNPruner as _CoreSDSNN
 from .driver import TrainingDriver, check_driver_arguments, module_channels, wrapped_parameter
 from .pruner import DEFER_APPLY_METHOD
@@ -37,7 +35,6 @@ from .pruner import DEFER_APPLY_METHOD
 __all__ = ["SDSNNPruner"]
 
 _ALLOWED_KEYS = {"op_types", "op_names", "op_names_re", "exclude_op_names", "exclude_op_types", "exclude_op_names_re"}
-_PRODUCER_TYPES = (ops.TORCH_CONV, ops.TORCH_LINEAR)
 
 
 class SDSNNPruner(TrainingDriver, Pruner):
@@ -68,7 +65,7 @@ class SDSNNPruner(TrainingDriver, Pruner):
                                                 example_inputs)
         selected = self._select(model, config_list)
         names = {m: n for n, m in model.named_modules()}
-        ignored = [m for m in model.modules() if isinstance(m, _PRODUCER_TYPES) and m not in selected.values()]
+        ignored = [m for m in model.modules() if isinstance(m, PRODUCER_TYPES) and m not in selected.values()]
         types = tuple({type(m) for m in selected.values()})
         # the algorithm; it validates sdsnn_kwargs and traces the graph before NNI wraps anything
         self.core = _CoreSDSNN(model, example_inputs, ignored_layers=ignored, root_module_types=types,
@@ -83,7 +80,7 @@ class SDSNNPruner(TrainingDriver, Pruner):
         self.interval_steps = interval_steps
         self.total_times = total_times
         self.module_names = names
-        self._bns = [group_members(group, is_batchnorm) for _, group in self.core.groups]
+        self._bns = [group_batchnorms(group) for _, group in self.core.groups]
         internal = [{"op_names": [names[m]], "target_names": ["weight", "bias"]}
                     for m in list(self.core._layers) + [bn for bns in self._bns for bn in bns]]
         super().__init__(model, internal, evaluator)
@@ -108,7 +105,7 @@ class SDSNNPruner(TrainingDriver, Pruner):
                 raise ValueError(f"config_list[{i}] has keys {unknown} that SD-SNN does not use; valid: "
                                  f"{sorted(_ALLOWED_KEYS)}")
             modules = select_modules_by_config(model, config)[0]
-            modules = {n: m for n, m in modules.items() if isinstance(m, _PRODUCER_TYPES)}
+            modules = {n: m for n, m in modules.items() if isinstance(m, PRODUCER_TYPES)}
             if not modules:
                 raise ValueError(f"config_list[{i}] selects no convolution or linear layer (op_types are class names "
                                  "such as 'Conv2d')")

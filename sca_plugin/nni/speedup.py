@@ -21,7 +21,8 @@ from nni.compression.base.setting import INPUT_PREFIX, OUTPUT_PREFIX
 from torch_pruning import ops
 
 from ..graph import build_graph, eval_outputs
-from ..masking import feeds_only, output_channel_dim
+from ..groups import feeds_only, first_layers, group_root, group_size
+from ..masking import out_channels, output_channel_dim
 from ..neurons import is_spiking_neuron
 from ..rollback import RemovalTransaction, to_double
 
@@ -69,8 +70,7 @@ def _output_channel_keep(name: str, module: nn.Module, target: str, keep: torch.
             "channels' weight and bias); mask the weight and bias of the layer producing those channels instead")
     if target != f"{OUTPUT_PREFIX}0":
         raise ValueError(f"{where}: {type(module).__name__} has one output; its output mask is '{OUTPUT_PREFIX}0'")
-    n = int(getattr(module, "out_features", None) or getattr(module, "out_channels", None)
-            or getattr(module, "num_features"))
+    n = out_channels(module)
     dim = 0 if keep.dim() == 1 else output_channel_dim(module) % keep.dim()
     if keep.dim() == 0 or keep.shape[dim] != n:
         raise ValueError(f"{where}: shape {tuple(keep.shape)} has no channel dimension of size {n} (expected [{n}] or "
@@ -337,10 +337,10 @@ class ModelSpeedup:
         constant_layers: List[str] = []
         coupled_layers: List[str] = []
         for group in DG.get_all_groups(root_module_types=(ops.TORCH_CONV, ops.TORCH_LINEAR)):
-            root = group[0].dep.target.module
+            root = group_root(group)
             root_name = names.get(root, repr(root))
             items = self._group_items(DG, group)
-            candidate = self._masked_channels(items, masks, len(group[0].idxs))
+            candidate = self._masked_channels(items, masks, group_size(group))
             if not candidate.any():
                 continue
             reason = self._unanalysed(DG, items, names)
@@ -420,7 +420,7 @@ class ModelSpeedup:
     def _removal_conditions(self, DG, group, items: list, nonzero, names) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per root channel: (1) computed from no data (all-zero filters, or BatchNorms with gamma 0
         after them), (2) read as zeros by every consumer in the calibration forward."""
-        n = len(group[0].idxs)
+        n = group_size(group)
         data_free = torch.ones(n, dtype=torch.bool)
         zero_used = torch.ones(n, dtype=torch.bool)
         bns = {m for m, *_ in items if isinstance(m, ops.TORCH_BATCHNORM)}
@@ -429,7 +429,8 @@ class ModelSpeedup:
                 continue
             if (is_out and not is_in) or node_type == _T.DEPTHWISE_CONV:  # computes the channel from others
                 w = module.weight.detach().flatten(1) != 0
-                direct_bns = self._direct_bns(DG, module, bns, names) if feeds_only(DG, module, bns, names) else []
+                direct_bns = [m for m in first_layers(DG, module, names) if m in bns] \
+                    if feeds_only(DG, module, bns, names) else []
                 for l, r in zip(local, rootidx):
                     free = not bool(w[l].any())
                     if not free and direct_bns:
@@ -443,21 +444,6 @@ class ModelSpeedup:
                     if seen is None or l >= seen.shape[0] or bool(seen[l]):
                         zero_used[r] = False
         return data_free, zero_used
-
-    def _direct_bns(self, DG, module, bns, names):
-        """BatchNorms of the group reached from ``module`` through single-input non-layer ops."""
-        found, stack, seen = [], list(DG.module2node[module].outputs), set()
-        while stack:
-            node = stack.pop()
-            if node in seen:
-                continue
-            seen.add(node)
-            if node.module in names:
-                if node.module in bns:
-                    found.append(node.module)
-            else:
-                stack.extend(node.outputs)
-        return found
 
     @staticmethod
     def _bn_weight_zero(bn, group, r) -> bool:
