@@ -6,7 +6,10 @@ groups, one boolean mask per group and the forward masks that apply it (:mod:`sc
 the step and update counters with the update cadence (:meth:`maybe_update_masks`), one commit
 step per update (distributed broadcast, forward masks, reset of the masked channels' parameters,
 history), the switch to fixed masks for the final epochs, physical removal through one
-:class:`~sca_plugin.rollback.RemovalTransaction`, the optimizer rebuild, and a state-dict skeleton.
+:class:`~sca_plugin.rollback.RemovalTransaction`, the optimizer rebuild, and a state-dict skeleton
+(:class:`~sca_plugin.dynamic_state.DynamicPrunerState`, in :mod:`sca_plugin.dynamic_state`). The
+queries on the groups (their producers, BatchNorms, parameters, whether they reach the output) are
+in :mod:`sca_plugin.groups`.
 
 Statistics gathered during training are :class:`~sca_plugin.collectors.StatisticsCollector`\ s:
 the importance's (``importance.collectors``, attached for the pruner's lifetime) and the method's
@@ -26,7 +29,6 @@ and :meth:`~DynamicChannelPruner.detach_collectors` / :meth:`~DynamicChannelPrun
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -35,7 +37,8 @@ from torch_pruning import ops
 
 from .collectors import StatisticsCollector, collectors_of
 from .distributed import broadcast_
-from .graph import SpikingMetaPruner
+from .dynamic_state import DynamicPrunerState
+from .graph import SpikingMetaPruner, TracedLayers
 from .groups import channel_parameters, group_root, group_size, reaches_output
 from .masking import MASKINGS, ChannelMasker, mask_targets, out_channels, zero_channels
 from .neurons import is_spiking_neuron, untraced_neurons_message
@@ -54,7 +57,7 @@ class NonFiniteStatisticsError(RuntimeError):
     SD-SNN's weights); nothing was changed."""
 
 
-class DynamicChannelPruner(SpikingMetaPruner):
+class DynamicChannelPruner(DynamicPrunerState, SpikingMetaPruner):
     """Masks whole channels of a spiking network during training and removes them at the end.
 
     Subclasses implement ``update_masks()`` (compute the new keep masks, then :meth:`_commit`)
@@ -73,12 +76,8 @@ class DynamicChannelPruner(SpikingMetaPruner):
             ``unwrapped_parameters``, passed on to ``tp.pruner.BasePruner``.
     """
 
-    #: the ``format`` entry of :meth:`state_dict`
-    _STATE_FORMAT = "sca_plugin.DynamicChannelPruner/1"
     #: why the method needs spiking neurons (the error for a model without any)
     _NEEDS_NEURONS = "it prunes spiking networks only"
-    #: what the settings compared on loading a state dict are called in its error
-    _SETTINGS_NAME = "pruner"
 
     def __init__(
         self,
@@ -127,8 +126,7 @@ class DynamicChannelPruner(SpikingMetaPruner):
         self.finalized = False
         self._mask_targets = [mask_targets(self.DG, group, self.module_names) for _, group in self.groups]
         # what the graph was traced on: a layer replaced or resized later invalidates the groups
-        self._traced = {self.module_names[m]: (m, _param_shapes(m)) for m in self.DG.module2node
-                        if m in self.module_names and m is not model}
+        self._traced = TracedLayers(model, self.DG, self.module_names)
         self._masker = ChannelMasker()
         self._forward_masks = True  # set_forward_masks(): whether this pruner masks the layers' outputs itself
         self._collecting = True     # detach_collectors() / attach_collectors(): statistics hooks on the model
@@ -413,18 +411,15 @@ class DynamicChannelPruner(SpikingMetaPruner):
         resized since the pruner was built (its groups and masks would no longer fit)."""
         if self.finalized:
             return
-        for name, (module, shapes) in self._traced.items():
-            try:
-                now = self.model.get_submodule(name)
-            except AttributeError:
-                now = None
-            if now is not module:
-                raise RuntimeError(f"the model changed after the pruner was built: {name} was replaced or removed; "
-                                   "build a new pruner for the changed model (its state cannot carry over)")
-            if _param_shapes(module) != shapes:
-                raise RuntimeError(f"the model changed after the pruner was built: the parameters of {name} now have "
-                                   f"shapes {_param_shapes(module)} instead of {shapes}; build a new pruner for the "
-                                   "changed model")
+        change = self._traced.first_change(self.model)
+        if change is None:
+            return
+        name, now, then = change
+        if now is None:
+            raise RuntimeError(f"the model changed after the pruner was built: {name} was replaced or removed; "
+                               "build a new pruner for the changed model (its state cannot carry over)")
+        raise RuntimeError(f"the model changed after the pruner was built: the parameters of {name} now have "
+                           f"shapes {now} instead of {then}; build a new pruner for the changed model")
 
     # ------------------------------------------------------------------ queries
     def group_names(self) -> List[str]:
@@ -494,103 +489,3 @@ class DynamicChannelPruner(SpikingMetaPruner):
         if not self.finalized:
             raise RuntimeError("rebuild_optimizer() is for after finalize(); before it the parameters are unchanged")
         return rebuild_optimizer(optimizer, self.model, self._param_names)
-
-    # ------------------------------------------------------------------ state
-    def _config(self) -> dict:
-        """The settings a state dict must have been made with (compared on loading)."""
-        return {}
-
-    #: the settings of :meth:`_config` a loaded state must match (None: all of them), and the value
-    #: of a setting that states written by earlier versions lack (their behaviour)
-    _COMPARED_KEYS: Optional[Sequence[str]] = None
-    _LEGACY_DEFAULTS: Dict[str, Any] = {}
-
-    def _config_mismatches(self, saved: dict) -> List[str]:
-        here = self._config()
-        keys = here if self._COMPARED_KEYS is None else self._COMPARED_KEYS
-        return [f"{k}: saved {saved.get(k, self._LEGACY_DEFAULTS.get(k))!r}, here {here[k]!r}"
-                for k in keys if saved.get(k, self._LEGACY_DEFAULTS.get(k)) != here[k]]
-
-    def _extra_state(self) -> Dict[str, Any]:
-        """Extension point: the method's own entries of :meth:`state_dict`."""
-        return {}
-
-    def _collectors_state(self) -> Dict[str, Any]:
-        names = self.module_names
-        return {c.name: c.state_dict(names) for c in self.collectors}
-
-    def _check_collectors_state(self, state: dict) -> Dict[str, nn.Module]:
-        modules = {n: m for m, n in self.module_names.items()}
-        unknown = [n for c in self.collectors for n in (state.get(c.name) or {}) if n not in modules]
-        if unknown:
-            raise ValueError(f"the state dict refers to layers this model does not have: {unknown[:5]}")
-        return modules
-
-    def _load_collectors_state(self, state: dict, modules: Dict[str, nn.Module]) -> None:
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        for c in self.collectors:
-            c.load_state_dict(state.get(c.name) or {}, modules, device)
-
-    def _accepts_format(self, state: dict) -> bool:
-        return state.get("format") == self._STATE_FORMAT
-
-    def _check_state(self, state: dict) -> Any:
-        """Extension point: check the method's entries before anything changes; what it returns
-        is passed to :meth:`_load_state`."""
-        return None
-
-    def _load_state(self, state: dict, checked: Any) -> None:
-        """Extension point: restore the method's entries (after the common ones)."""
-
-    def state_dict(self) -> dict:
-        """Masks, statistics accumulators, counters and history: enough to resume training with
-        the same future masks."""
-        return {
-            "format": self._STATE_FORMAT,
-            "config": self._config(),
-            "groups": self.group_names(),
-            "group_sizes": [group_size(group) for _, group in self.groups],
-            "masks": [None if m is None else m.clone() for m in self.masks],
-            "num_updates": self.num_updates,
-            "num_steps": self.num_steps,
-            "finalized": self.finalized,
-            "fixed": self.fixed,
-            **self._collectors_state(),
-            **self._extra_state(),
-            "history": copy.deepcopy(self.history),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`; everything is checked before anything changes."""
-        if not isinstance(state, dict) or not self._accepts_format(state):
-            raise ValueError(f"not an {type(self).__name__} state dict (expected format {self._STATE_FORMAT!r})")
-        mismatched = self._config_mismatches(state["config"])
-        if mismatched:
-            raise ValueError(f"the state dict was made with other {self._SETTINGS_NAME} settings (" + "; ".join(mismatched)
-                             + "); build the pruner with the same settings")
-        sizes = [group_size(group) for _, group in self.groups]
-        if state["groups"] != self.group_names() or state["group_sizes"] != sizes:
-            raise ValueError("the state dict belongs to another architecture: its prunable layers "
-                             f"{list(zip(state['groups'], state['group_sizes']))[:4]}... do not match this model's "
-                             f"{list(zip(self.group_names(), sizes))[:4]}...")
-        if bool(state["finalized"]) != self.finalized:
-            raise ValueError("the state dict was saved after finalize() and this pruner is not finalized (or the "
-                             "reverse); load the finalized model with torch.load instead")
-        modules = self._check_collectors_state(state)
-        checked = self._check_state(state)
-        self.masks = [None if m is None else m.clone().bool().cpu() for m in state["masks"]]
-        for i, keep in enumerate(self.masks):
-            if keep is not None:
-                self._apply_mask(i, keep)
-        if bool(state.get("fixed", False)) != self.fixed:
-            self._set_fixed(bool(state.get("fixed", False)))
-        self.num_updates = int(state["num_updates"])
-        self.num_steps = int(state["num_steps"])
-        self.history = copy.deepcopy(state["history"])
-        self._load_collectors_state(state, modules)
-        self._load_state(state, checked)
-
-
-def _param_shapes(module: nn.Module) -> Dict[str, tuple]:
-    # by leaf name: a framework that re-hosts the parameters in a child (NNI's wrapper) changes nothing
-    return {n.rsplit(".", 1)[-1]: tuple(p.shape) for n, p in module.named_parameters()}

@@ -36,11 +36,13 @@ from .rollback import RemovalTransaction, map_tensors
 __all__ = [
     "build_graph",
     "call_model",
+    "parameter_shapes",
     "repair_time_dimension",
     "spiking_neuron_pruners",
     "SpikingMetaPruner",
     "preserve_training_mode",
     "replay_pruning",
+    "TracedLayers",
 ]
 
 
@@ -236,6 +238,35 @@ def build_graph(model: nn.Module, example_inputs: Any, forward_fn=None,
         functional.reset_net(model)
     repair_time_dimension(DG)
     return DG, neuron_pruner
+
+
+def parameter_shapes(module: nn.Module) -> Dict[str, tuple]:
+    """``{parameter name: shape}`` of a layer, by leaf name (a framework that re-hosts the parameters
+    in a child, as NNI's wrapper does, changes nothing)."""
+    return {n.rsplit(".", 1)[-1]: tuple(p.shape) for n, p in module.named_parameters()}
+
+
+class TracedLayers:
+    """The layers a dependency graph was traced on, by name, with their parameter shapes: a layer
+    replaced, removed or resized afterwards invalidates the graph's groups (:meth:`first_change`)."""
+
+    def __init__(self, model: nn.Module, DG: tp.DependencyGraph, module_names: Dict[nn.Module, str]) -> None:
+        self.layers = {module_names[m]: (m, parameter_shapes(m)) for m in DG.module2node
+                       if m in module_names and m is not model}
+
+    def first_change(self, model: nn.Module) -> Optional[Tuple[str, Optional[dict], dict]]:
+        """``(name, parameter shapes now, when traced)`` of the first traced layer that ``model`` no
+        longer holds as it was (shapes now None: the layer was replaced or removed), or None."""
+        for name, (module, shapes) in self.layers.items():
+            try:
+                now = model.get_submodule(name)
+            except AttributeError:
+                now = None
+            if now is not module:
+                return name, None, shapes
+            if parameter_shapes(module) != shapes:
+                return name, parameter_shapes(module), shapes
+        return None
 
 
 def replay_pruning(model: nn.Module, example_inputs: Any, history, forward_fn=None) -> nn.Module:
