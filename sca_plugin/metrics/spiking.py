@@ -41,6 +41,45 @@ _COUNTERS = {
 }
 
 
+#: where the energy constants come from (the ``energy["constants"]`` entry of :func:`spiking_metrics`)
+_ENERGY_CONSTANTS = ("45 nm FP32, Horowitz ISSCC 2014 (spikingjelly op_counter SimpleEnergyCostConfig.fp32); "
+                     "compute only: mac_pJ = macs * e_mac_pJ, ac_pJ = synops * e_ac_pJ, "
+                     "ann_equivalent = dense_macs * e_mac_pJ")
+
+
+def _spiking_energy(macs: float, synops: float, dense_macs: float) -> Tuple[Dict[str, Any], float, float]:
+    """The ``energy`` entry from per-sample counts with SpikingJelly's 45 nm constants, and the
+    constants ``(E_MAC, E_AC)`` in pJ."""
+    cost = SimpleEnergyCostConfig.fp32()
+    e_mac, e_ac = float(cost.e_mac_pj), float(cost.e_ac_pj)
+    energy = _energy(macs, synops, dense_macs, e_mac, e_ac)
+    energy["constants"] = _ENERGY_CONSTANTS
+    return energy, e_mac, e_ac
+
+
+def _activity_figures(activity: "_Activity", neurons) -> Tuple[Dict[str, float], float, int]:
+    """``(firing rate per neuron layer, activation sparsity over all of them, non-zero outputs)``."""
+    total_nnz = sum(activity.nnz.values())
+    total_numel = sum(activity.numel.values())
+    firing_rates = {
+        name: (activity.nnz[name] / activity.numel[name]) if activity.numel[name] else 0.0
+        for name, _ in neurons
+    }
+    activation_sparsity = 1.0 - total_nnz / total_numel if total_numel else 1.0
+    return firing_rates, activation_sparsity, total_nnz
+
+
+def _neurobench_observers(model: nn.Module, neurons) -> tuple:
+    """NeuroBench's view of the same forward passes: ``(recurrent layer names, its connection-layer
+    counter, its activation layers, whether those are the spiking neurons, their activity hooks)``
+    (empty when they are the neurons, whose activity then serves both)."""
+    nb_recurrent = [n for n, _ in _nb_find(model, lambda m: isinstance(m, NB_RECURRENT_LAYERS))]
+    nb_ops = _NeuroBenchOps(_nb_find(model, lambda m: isinstance(m, NB_STATELESS_LAYERS)))
+    nb_acts = _nb_find(model, _nb_is_activation)
+    same_acts = [m for _, m in nb_acts] == [m for _, m in neurons]
+    return nb_recurrent, nb_ops, nb_acts, same_acts, _Activity([] if same_acts else nb_acts)
+
+
 def _count_batches(model: nn.Module, batches: Iterable[Any], max_batches: Optional[int], activity: "_Activity",
                    counters: tuple) -> Tuple[int, int, Optional[int]]:
     """Run ``model`` on each batch inside ``counters`` (context managers), neuron states reset
@@ -134,12 +173,7 @@ def spiking_metrics(
     flop_mode = FlopCounterMode(display=False)
     activity = _Activity(neurons)
     order = _LayerOrder(layers)
-    # NeuroBench's view of the same forward passes (its connection and activation layers).
-    nb_recurrent = [n for n, _ in _nb_find(model, lambda m: isinstance(m, NB_RECURRENT_LAYERS))]
-    nb_ops = _NeuroBenchOps(_nb_find(model, lambda m: isinstance(m, NB_STATELESS_LAYERS)))
-    nb_acts = _nb_find(model, _nb_is_activation)
-    same_acts = [m for _, m in nb_acts] == [m for _, m in neurons]
-    nb_activity = _Activity([] if same_acts else nb_acts)
+    nb_recurrent, nb_ops, nb_acts, same_acts, nb_activity = _neurobench_observers(model, neurons)
 
     with preserve_training_mode(model), torch.no_grad(), activity, order, nb_ops, nb_activity:
         model.eval()
@@ -159,20 +193,8 @@ def spiking_metrics(
     first = order.order[0] if order.order else None
     macs_first_layer = layer_stats[first]["macs"] if first is not None else 0.0
 
-    total_nnz = sum(activity.nnz.values())
-    total_numel = sum(activity.numel.values())
-    firing_rates = {
-        name: (activity.nnz[name] / activity.numel[name]) if activity.numel[name] else 0.0
-        for name, _ in neurons
-    }
-    activation_sparsity = 1.0 - total_nnz / total_numel if total_numel else 1.0
-
-    cost = SimpleEnergyCostConfig.fp32()
-    e_mac, e_ac = float(cost.e_mac_pj), float(cost.e_ac_pj)
-    energy = _energy(macs, synops, dense_macs, e_mac, e_ac)
-    energy["constants"] = ("45 nm FP32, Horowitz ISSCC 2014 (spikingjelly op_counter SimpleEnergyCostConfig.fp32); "
-                           "compute only: mac_pJ = macs * e_mac_pJ, ac_pJ = synops * e_ac_pJ, "
-                           "ann_equivalent = dense_macs * e_mac_pJ")
+    firing_rates, activation_sparsity, total_nnz = _activity_figures(activity, neurons)
+    energy, e_mac, e_ac = _spiking_energy(macs, synops, dense_macs)
     neurobench = _neurobench_block(model, nb_ops, nb_recurrent, activity if same_acts else nb_activity,
                                    neurons if same_acts else nb_acts, per_sample, e_mac, e_ac)
 

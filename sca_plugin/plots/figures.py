@@ -333,17 +333,7 @@ def plot_importance_distribution(run: Union[RunLike, Sequence[RunLike]], path: P
     bar the median). ``log``: log x axis, by default when the positive scores span more than two
     decades (scores <= 0 are then counted in a note, not drawn)."""
     run = _as_run(run)
-    scores = run.get("importance_scores") or {}
-    data = {}
-    dropped = 0
-    for name, v in (scores.items() if isinstance(scores, Mapping) else []):
-        a = np.asarray(v if v is not None else [], dtype=float).ravel()
-        dropped += int((~np.isfinite(a)).sum())
-        a = a[np.isfinite(a)]
-        if a.size:
-            data[name] = a
-    if not data:
-        raise ValueError(f"run {_name(run)} has no importance scores (dense run, or scores not recorded)")
+    data, dropped = _finite_scores(run)
     layers = _layer_order(run, data)
     pooled = np.concatenate([data[n] for n in layers])
     pos = pooled[pooled > 0]
@@ -353,15 +343,7 @@ def plot_importance_distribution(run: Union[RunLike, Sequence[RunLike]], path: P
         raise ValueError(f"run {_name(run)}: no positive importance score, log=True impossible")
     nonpos = int((pooled <= 0).sum()) if log else 0
     shown = {n: (data[n][data[n] > 0] if log else data[n]) for n in layers}
-    if log:
-        edges = np.geomspace(pos.min(), pos.max(), bins + 1)
-        if edges[0] == edges[-1]:
-            edges = np.geomspace(edges[0] / 2, edges[0] * 2, bins + 1)
-    else:
-        lo, hi = float(pooled.min()), float(pooled.max())
-        if lo == hi:
-            lo, hi = lo - 0.5, hi + 0.5
-        edges = np.linspace(lo, hi, bins + 1)
+    edges = _histogram_edges(pooled, pos, log, bins)
 
     colors = _layer_colors(len(layers))
     fig = _figure((8.0, 3.4 + 0.32 * len(layers) + 0.8))
@@ -386,15 +368,7 @@ def plot_importance_distribution(run: Union[RunLike, Sequence[RunLike]], path: P
     if dropped:
         notes.append(f"{dropped} non-finite score{'s' if dropped != 1 else ''} dropped")
 
-    rng = np.random.default_rng(0)
-    for i, (n, c) in enumerate(zip(layers, colors)):
-        v = shown[n]
-        if not v.size:
-            continue
-        ax_s.scatter(v, i + rng.uniform(-0.22, 0.22, v.size), s=7, color=c, alpha=0.6, linewidths=0, zorder=3)
-        q1, med, q3 = np.percentile(v, [25, 50, 75])
-        ax_s.add_patch(_rect(q1, i - 0.3, q3 - q1, 0.6, c))
-        ax_s.plot([med, med], [i - 0.34, i + 0.34], color="black", linewidth=1.6, zorder=4)
+    _score_strips(ax_s, [shown[n] for n in layers], colors)
     ax_s.set_yticks(range(len(layers)))
     ax_s.set_yticklabels([f"{n} (n={data[n].size})" for n in layers], fontsize=8)
     for lbl, c in zip(ax_s.get_yticklabels(), colors):
@@ -406,6 +380,48 @@ def plot_importance_distribution(run: Union[RunLike, Sequence[RunLike]], path: P
     ax.set_title(_run_title(run) + f"; {pooled.size} channels in {len(layers)} layers"
                  + ("\n" + "; ".join(notes) if notes else ""), fontsize=8.5, color="#444444")
     return _save(fig, path)
+
+
+def _finite_scores(run: Mapping) -> Tuple[Dict[str, np.ndarray], int]:
+    """``({layer: its finite last importance scores}, how many non-finite ones were dropped)``."""
+    scores = run.get("importance_scores") or {}
+    data = {}
+    dropped = 0
+    for name, v in (scores.items() if isinstance(scores, Mapping) else []):
+        a = np.asarray(v if v is not None else [], dtype=float).ravel()
+        dropped += int((~np.isfinite(a)).sum())
+        a = a[np.isfinite(a)]
+        if a.size:
+            data[name] = a
+    if not data:
+        raise ValueError(f"run {_name(run)} has no importance scores (dense run, or scores not recorded)")
+    return data, dropped
+
+
+def _histogram_edges(pooled: np.ndarray, pos: np.ndarray, log: bool, bins: int) -> np.ndarray:
+    """``bins + 1`` bin edges over the scores: geometric over the positive ones on a log axis."""
+    if log:
+        edges = np.geomspace(pos.min(), pos.max(), bins + 1)
+        if edges[0] == edges[-1]:
+            edges = np.geomspace(edges[0] / 2, edges[0] * 2, bins + 1)
+        return edges
+    lo, hi = float(pooled.min()), float(pooled.max())
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, bins + 1)
+
+
+def _score_strips(ax, values: Sequence[np.ndarray], colors) -> None:
+    """One strip per layer (row ``i``): every channel a jittered dot, the box the interquartile
+    range, the bar the median."""
+    rng = np.random.default_rng(0)
+    for i, (v, c) in enumerate(zip(values, colors)):
+        if not v.size:
+            continue
+        ax.scatter(v, i + rng.uniform(-0.22, 0.22, v.size), s=7, color=c, alpha=0.6, linewidths=0, zorder=3)
+        q1, med, q3 = np.percentile(v, [25, 50, 75])
+        ax.add_patch(_rect(q1, i - 0.3, q3 - q1, 0.6, c))
+        ax.plot([med, med], [i - 0.34, i + 0.34], color="black", linewidth=1.6, zorder=4)
 
 
 def _rect(x, y, w, h, color):
