@@ -184,6 +184,23 @@ def _tracing_error(e: Exception) -> ValueError:
         "exactly as the model takes them (e.g. [B, C, H, W] or [T, B, C, H, W]), or a forward_fn")
 
 
+@contextlib.contextmanager
+def _tracing(model: nn.Module, neuron_pruner: Optional[SpikingNeuronPruner]) -> Iterator[None]:
+    """What every trace of a SpikingJelly model runs in: fresh neuron states before and after (a
+    state left by the user's last forward, with its autograd history, would be traced as part of the
+    graph), train/eval flags restored, hooks of a failed trace removed, autograd on, the neurons'
+    channel counts recorded for ``neuron_pruner``; a failed trace raises the ValueError naming the fix."""
+    functional.reset_net(model)
+    try:
+        with preserve_training_mode(model), _removing_leaked_hooks(model), autograd_for_tracing(), \
+                (_recording_neuron_channels(model, neuron_pruner) if neuron_pruner is not None else contextlib.nullcontext()):
+            yield
+    except (RuntimeError, TypeError, IndexError) as e:
+        raise _tracing_error(e) from e
+    finally:
+        functional.reset_net(model)
+
+
 class SpikingMetaPruner(tp.pruner.BasePruner):
     """Torch-Pruning's ``BasePruner`` (``MetaPruner``) for SpikingJelly networks.
 
@@ -196,18 +213,9 @@ class SpikingMetaPruner(tp.pruner.BasePruner):
         neuron_pruner = SpikingNeuronPruner()
         pruners: Dict[Any, Any] = {t: neuron_pruner for t in neuron_types_in(model)}
         pruners.update(customized_pruners or {})
-        # a state left by the user's last forward (with its autograd history) would be traced as
-        # part of the graph: start from fresh neurons (they are reset after tracing anyway)
-        functional.reset_net(model)
-        try:
-            with preserve_training_mode(model), _recording_neuron_channels(model, neuron_pruner), \
-                    _removing_leaked_hooks(model), autograd_for_tracing():
-                super().__init__(model, traceable(example_inputs), importance, *args, customized_pruners=pruners,
-                                 forward_fn=forward_fn, **kwargs)
-        except (RuntimeError, TypeError, IndexError) as e:
-            raise _tracing_error(e) from e
-        finally:
-            functional.reset_net(model)
+        with _tracing(model, neuron_pruner):
+            super().__init__(model, traceable(example_inputs), importance, *args, customized_pruners=pruners,
+                             forward_fn=forward_fn, **kwargs)
         repair_time_dimension(self.DG)
         self.neuron_pruner = neuron_pruner
 
@@ -226,16 +234,9 @@ def build_graph(model: nn.Module, example_inputs: Any, forward_fn=None,
     pruners.update(customized_pruners or {})
     neuron_pruner = next(iter(neuron_pruners.values()), None)
     DG = tp.DependencyGraph()
-    functional.reset_net(model)
-    try:
-        with preserve_training_mode(model), _removing_leaked_hooks(model), autograd_for_tracing(), \
-                (_recording_neuron_channels(model, neuron_pruner) if neuron_pruner is not None else contextlib.nullcontext()):
-            DG.build_dependency(model, traceable(example_inputs), forward_fn=forward_fn,
-                                customized_pruners=pruners, verbose=False)
-    except (RuntimeError, TypeError, IndexError) as e:
-        raise _tracing_error(e) from e
-    finally:
-        functional.reset_net(model)
+    with _tracing(model, neuron_pruner):
+        DG.build_dependency(model, traceable(example_inputs), forward_fn=forward_fn,
+                            customized_pruners=pruners, verbose=False)
     repair_time_dimension(DG)
     return DG, neuron_pruner
 

@@ -11,7 +11,7 @@ NNI front ends and the speed-up ask these questions through this module only.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Set
+from typing import Callable, Dict, Iterator, List, Optional, Set
 
 import torch
 import torch.nn as nn
@@ -129,40 +129,38 @@ def reaches_output(DG: tp.DependencyGraph, group) -> bool:
     return False
 
 
-def feeds_only(DG: tp.DependencyGraph, module: nn.Module, allowed: set, module_names) -> bool:
-    """True when every path from ``module``'s output reaches a layer in ``allowed`` before mixing."""
+def _downstream(DG: tp.DependencyGraph, module: nn.Module, module_names) -> Iterator:
+    """The graph nodes ``module``'s output reaches, each once, up to the first layers of the model
+    (keys of ``module_names``) on every path: past an operation that is not a layer (an addition,
+    a reshape, ...) the walk goes on, past a layer it stops."""
     stack, seen = list(DG.module2node[module].outputs), set()
-    if not stack:
-        return False
     while stack:
         node = stack.pop()
         if node in seen:
             continue
         seen.add(node)
+        yield node
+        if node.module not in module_names:
+            stack.extend(node.outputs)
+
+
+def feeds_only(DG: tp.DependencyGraph, module: nn.Module, allowed: set, module_names) -> bool:
+    """True when every path from ``module``'s output reaches a layer in ``allowed`` before mixing."""
+    if not DG.module2node[module].outputs:
+        return False
+    for node in _downstream(DG, module, module_names):
         if node.module in module_names:  # a real layer of the model
             if node.module not in allowed:
                 return False
         elif len(node.inputs) > 1 or not node.outputs or isinstance(node.module, ops._OutputOp):
             return False  # mixes with other tensors before any BatchNorm, or reaches the output
-        else:
-            stack.extend(node.outputs)
     return True
 
 
 def first_layers(DG: tp.DependencyGraph, module: nn.Module, module_names) -> List[nn.Module]:
     """The layers of the model (keys of ``module_names``) that ``module``'s output reaches first,
     through operations that are not layers (additions, reshapes, ...)."""
-    found, stack, seen = [], list(DG.module2node[module].outputs), set()
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if node.module in module_names:
-            found.append(node.module)
-        else:
-            stack.extend(node.outputs)
-    return found
+    return [node.module for node in _downstream(DG, module, module_names) if node.module in module_names]
 
 
 def parameter_channel_dim(module: nn.Module) -> int:

@@ -61,7 +61,19 @@ def _top_level_neurons(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     return found
 
 
-class _Activity:
+class _HookSet:
+    """A context manager whose ``__enter__`` (the subclass's) puts hooks on the model, keeping their
+    handles in ``_handles``; ``__exit__`` removes them."""
+
+    _handles: list
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+class _Activity(_HookSet):
     """Forward hooks on the neurons: non-zero outputs, output elements, and the time/batch layout."""
 
     def __init__(self, neurons: List[Tuple[str, nn.Module]]) -> None:
@@ -106,13 +118,8 @@ class _Activity:
             self._handles.append(m.register_forward_hook(self._hook(name)))
         return self
 
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
 
-
-class _LayerOrder:
+class _LayerOrder(_HookSet):
     """Names of the conv/linear layers in the order they first run."""
 
     def __init__(self, layers: List[Tuple[str, nn.Module]]) -> None:
@@ -128,11 +135,6 @@ class _LayerOrder:
 
             self._handles.append(m.register_forward_pre_hook(hook))
         return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
 
 
 def _energy(macs: float, acs: float, dense: float, e_mac: float, e_ac: float) -> Dict[str, Any]:

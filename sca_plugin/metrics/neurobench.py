@@ -11,7 +11,7 @@ from spikingjelly.activation_based import functional
 from ..graph import preserve_training_mode
 from ..neurons import is_spiking_neuron
 
-from .counting import _Activity, _energy, _input_of
+from .counting import _Activity, _energy, _HookSet, _input_of
 
 
 #: The NeuroBench release whose definitions the ``neurobench`` block follows.
@@ -60,7 +60,7 @@ def _is_spike_valued(x: torch.Tensor) -> bool:
     return bool(((x == 0) | (x == 1) | (x == -1)).all().item())
 
 
-class _NeuroBenchOps:
+class _NeuroBenchOps(_HookSet):
     """Forward pre-hooks on NeuroBench's connection layers; effective and dense operations per layer.
 
     Both counts are linear in the binarised input and the weights do not change during an
@@ -133,11 +133,6 @@ class _NeuroBenchOps:
     def __enter__(self) -> "_NeuroBenchOps":
         self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in self.layers]
         return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
 
 
 def _nb_static(model: nn.Module) -> Dict[str, Any]:

@@ -21,7 +21,7 @@ from nni.compression.base.setting import INPUT_PREFIX, OUTPUT_PREFIX
 from torch_pruning import ops
 
 from ..graph import build_graph, eval_outputs
-from ..groups import feeds_only, first_layers, group_root, group_size
+from ..groups import feeds_only, first_layers, group_root, group_size, parameter_channel_dim
 from ..masking import out_channels, output_channel_dim
 from ..neurons import is_spiking_neuron
 from ..rollback import RemovalTransaction, to_double
@@ -43,12 +43,9 @@ def _output_parameters(module: nn.Module) -> List[Tuple[str, int]]:
     """``(parameter, output-channel dim)`` of the layers whose output channel is exactly zero when its
     weight slice and bias entry are (conv, linear, affine BatchNorm); [] for any other layer."""
     if isinstance(module, ops.TORCH_CONV):
-        if getattr(module, "transposed", False):
-            if module.groups != 1:
-                return []
-            params = [("weight", 1)]
-        else:
-            params = [("weight", 0)]
+        if getattr(module, "transposed", False) and module.groups != 1:
+            return []
+        params = [("weight", parameter_channel_dim(module))]
     elif isinstance(module, ops.TORCH_LINEAR) or (isinstance(module, ops.TORCH_BATCHNORM)
                                                   and getattr(module, "weight", None) is not None):
         params = [("weight", 0)]
