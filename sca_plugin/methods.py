@@ -175,6 +175,15 @@ def method_names() -> Tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def is_dense_label(label: Any) -> bool:
+    """Whether a run's method label names the unpruned baseline (a method of kind ``dense``): the
+    name recorded in ``metrics.json``, or the ``"<method> (<setting>=<value>, ...)"`` label
+    :func:`sca_plugin.reporting.label_runs` gives runs whose settings differ. Reports and plots ask
+    this instead of comparing labels with ``"dense"``."""
+    spec = _REGISTRY.get(str(label or "").split(" (", 1)[0])
+    return spec is not None and spec.kind == "dense"
+
+
 def get_method(name: str) -> MethodSpec:
     """The spec of ``name``: a registered method, or ``module:name`` (the module, importable from the
     current folder, registers ``name`` when imported). ValueError naming the fix otherwise."""

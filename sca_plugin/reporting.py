@@ -24,6 +24,7 @@ from spikingjelly.activation_based import functional
 
 from .config import RUN_FREE_FIELDS
 from .graph import call_model, preserve_training_mode
+from .methods import is_dense_label
 from .neurons import is_spiking_neuron, neuron_channel_dim
 
 __all__ = ["count_parameters", "count_macs", "conv_channels", "model_stats", "pruning_report", "find_runs",
@@ -166,7 +167,7 @@ def label_runs(runs: Sequence[Mapping]) -> List[dict]:
     settings = [run_settings(r) for r in runs]
     rows: Dict[tuple, List[int]] = {}
     for i, r in enumerate(runs):
-        ratio = 0.0 if r.get("method") == "dense" else r.get("pruning_ratio")
+        ratio = 0.0 if is_dense_label(r.get("method")) else r.get("pruning_ratio")
         rows.setdefault((r.get("dataset"), r.get("model"), r.get("method"), ratio), []).append(i)
     out = [copy.copy(dict(r)) for r in runs]
     for members in rows.values():
@@ -176,7 +177,7 @@ def label_runs(runs: Sequence[Mapping]) -> List[dict]:
             continue
         for i in members:
             label = ", ".join(f"{k}={_fmt_setting(settings[i].get(k))}" for k in differ)
-            if out[i].get("method") == "dense":
+            if is_dense_label(out[i].get("method")):
                 out[i]["pruning_ratio"] = 0.0
             out[i]["method"] = f"{out[i].get('method')} ({label})"
     return out

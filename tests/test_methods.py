@@ -138,3 +138,31 @@ def test_unknown_methods_are_refused_before_anything_is_written(my_methods, tmp_
     out = tmp_path / "run"
     assert main(["train", *FAST, "--method", method, "--output-dir", str(out)]) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_is_dense_label_reads_the_registry_and_report_labels():
+    from sca_plugin.methods import is_dense_label
+    assert is_dense_label("dense")
+    assert is_dense_label("dense (lr=0.1)")  # reporting.label_runs' label for dense runs whose settings differ
+    assert not is_dense_label("sca")
+    assert not is_dense_label("sca (lr=0.1)")
+    assert not is_dense_label("densenet")  # a user's label that merely starts like it
+    assert not is_dense_label(None)
+
+
+def test_a_dense_run_labelled_by_its_settings_stays_the_baseline():
+    """Two dense runs with different lr get labels; they still count as dense (ratio 0), so a
+    report computes the pruned rows' deltas against them instead of treating them as pruned."""
+    from sca_plugin.plots.runs import _ratio, _relative_costs
+    from sca_plugin.reporting import label_runs
+    runs = [{"method": "dense", "dataset": "digits", "model": "m", "pruning_ratio": 0.5, "seed": 0,
+             "config": {"method": "dense", "lr": lr}} for lr in (0.1, 0.03)]
+    labelled = label_runs(runs)
+    assert {r["method"] for r in labelled} == {"dense (lr=0.1)", "dense (lr=0.03)"}
+    assert all(r["pruning_ratio"] == 0.0 for r in labelled)
+    assert all(_ratio(r) == 0.0 for r in labelled)
+    # costs relative to the dense baseline: 100% for a labelled dense row, not "% of unpruned"
+    groups = [{"method": m, "parameters": p, "parameters_before": 1000} for m, p in
+              (("dense (lr=0.1)", 1000), ("sca", 200))]
+    values, unit = _relative_costs(groups, "parameters")
+    assert unit == "% of dense" and values == [100.0, 20.0]

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..methods import is_dense_label
 from .runs import PathLike, RunLike, _as_run, _as_runs, _get, _layer_order, _method, _name, _ratio, _relative_costs, _setup_label, group_runs
 
 
@@ -55,7 +56,7 @@ def _layer_colors(n: int) -> List:
 
 def _run_title(run: Mapping) -> str:
     parts = [f"{run.get('model', '?')} / {run.get('dataset', '?')}", _method(run)]
-    if _method(run) != "dense":
+    if not is_dense_label(_method(run)):
         parts.append(f"pruning ratio {_ratio(run):g}")
     if run.get("seed") is not None:
         parts.append(f"seed {run['seed']}")
@@ -103,7 +104,7 @@ def plot_accuracy_vs_ratio(runs: Union[RunLike, Sequence[RunLike]], path: PathLi
     _accuracy_bars(ax, groups, ratios, xpos, width)
     _cost_lines(ax.twinx(), groups, methods, xpos, cost, cost_label)
     _accuracy_legend(fig, methods, cost_label)
-    n_seeds = sorted({g["n"] for g in groups if g["method"] != "dense"} or {groups[0]["n"]})
+    n_seeds = sorted({g["n"] for g in groups if not is_dense_label(g["method"])} or {groups[0]["n"]})
     seeds_note = "n=" + "/".join(map(str, n_seeds)) + (" seeds" if n_seeds != [1] else " seed")
     fig.suptitle(title or f"{setup}: accuracy and cost vs pruning ratio", fontsize=12)
     ax.set_title(f"bars: final test accuracy, mean ± std over seeds ({seeds_note}); "
@@ -144,7 +145,7 @@ def _accuracy_bars(ax, groups: List[dict], ratios: List[float], xpos: Dict[int, 
     ax.set_yticks([t for t in ax.get_yticks() if bottom <= t <= 100])
     ax.set_ylim(bottom, top)
     ax.set_ylabel("test accuracy (%)")
-    has_dense = any(g["method"] == "dense" for g in groups)
+    has_dense = any(is_dense_label(g["method"]) for g in groups)
     ax.set_xticks(range(len(ratios)))
     ax.set_xticklabels([f"{r:g}\n(dense)" if (r == 0 and has_dense) else f"{r:g}" for r in ratios])
     ax.set_xlabel("pruning ratio (fraction of channels removed)")
@@ -163,12 +164,12 @@ def _cost_lines(ax2, groups: List[dict], methods: List[str], xpos: Dict[int, flo
     else:
         vals_p = {id(g): g["parameters"] for g in groups}
         vals_c = {id(g): g[cost] for g in groups}
-    dense_groups = [g for g in groups if g["method"] == "dense"]
-    line_methods = [m for m in methods if m != "dense"] or ["dense"]
+    dense_groups = [g for g in groups if is_dense_label(g["method"])]
+    line_methods = [m for m in methods if not is_dense_label(m)] or list(methods[:1])
     styles = {"parameters": ("-", "o"), cost: ("--", "s")}
     for m in line_methods:
         gs = [g for g in groups if g["method"] == m]
-        if m != "dense":
+        if not is_dense_label(m):
             gs = dense_groups[:1] + gs
         color = _darker(_method_color(m))
         for metric, vals in (("parameters", vals_p), (cost, vals_c)):
@@ -272,7 +273,7 @@ def plot_final_channels(runs: Union[RunLike, Sequence[RunLike]], path: PathLike,
     (mean over seeds, std as error bar), the unpruned width as a dashed outline. Runs of one pruning
     method are shown: ``method``, by default ``sca`` or the only pruned method given."""
     runs = _as_runs(runs)
-    pruned = [r for r in runs if _method(r) != "dense"]
+    pruned = [r for r in runs if not is_dense_label(_method(r))]
     methods = list(dict.fromkeys(_method(r) for r in pruned))
     if method is None:
         if not methods:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
-
+from ..methods import is_dense_label
 from .figures import _run_title, plot_accuracy_vs_ratio, plot_channels_over_training, plot_final_channels, plot_importance_distribution
 from .runs import PathLike, RunLike, _as_runs, _method, _method_key, _name, _ratio, group_runs, load_runs
 
@@ -72,7 +72,7 @@ def report_table(groups: List[dict]) -> str:
         "method", "pruning ratio", "seed(s)", "accuracy (%, mean ± std)", "parameters", "MACs/step", "SynOps"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for g in groups:
-        dense = next((d for d in groups if d["method"] == "dense" and (d["dataset"], d["model"]) ==
+        dense = next((d for d in groups if is_dense_label(d["method"]) and (d["dataset"], d["model"]) ==
                       (g["dataset"], g["model"])), None)
         if g["accuracy_mean"] is None:
             acc = "–"
@@ -80,10 +80,10 @@ def report_table(groups: List[dict]) -> str:
             acc = f"{100 * g['accuracy_mean']:.2f} ± {100 * g['accuracy_std']:.2f}"
         else:
             acc = f"{100 * g['accuracy_mean']:.2f}"
-        ref = (lambda k, d=dense, g=g: d[k] if d and g["method"] != "dense" else None)
+        ref = (lambda k, d=dense, g=g: d[k] if d and not is_dense_label(g["method"]) else None)
         row = ([f"{g['dataset']} / {g['model']}"] if multi else []) + [
             g["method"],
-            "–" if g["method"] == "dense" else f"{g['pruning_ratio']:g}",
+            "–" if is_dense_label(g["method"]) else f"{g['pruning_ratio']:g}",
             ", ".join(str(s) for s in g["seeds"]),
             acc,
             _fmt_with_rel(g["parameters"], ref("parameters")),

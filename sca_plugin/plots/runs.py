@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..records import read_run_metrics
+from ..methods import is_dense_label
 
 
 
@@ -65,7 +66,7 @@ def _method(run: Mapping) -> str:
 
 
 def _ratio(run: Mapping) -> float:
-    if _method(run) == "dense":
+    if is_dense_label(_method(run)):
         return 0.0
     r = run.get("pruning_ratio")
     return 0.0 if r is None else round(float(r), 6)
@@ -187,7 +188,7 @@ def group_runs(runs: Union[RunLike, Sequence[RunLike]]) -> List[dict]:
 def _relative_costs(groups: List[dict], metric: str) -> Tuple[Optional[List[float]], str]:
     """``metric`` of every group in % of the dense group's value (of each run's own unpruned value
     without a dense run); ``(None, '')`` where some reference is missing."""
-    dense = [g for g in groups if g["method"] == "dense" and g[metric]]
+    dense = [g for g in groups if is_dense_label(g["method"]) and g[metric]]
     if dense:
         ref = dense[0][metric]
         if all(g[metric] is not None for g in groups):
