@@ -537,7 +537,7 @@ def plot_pareto(groups: List[Dict[str, Any]], cost: str, path: Path, *, title: s
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from sca_plugin.plots.figures import _method_color
+    from sca_plugin.plots.figures import method_color
 
     label = {"parameters": "parameters (log scale)", "synops": "SynOps per sample (log scale)"}[cost]
     pts = [g for g in groups if g[cost] and g["accuracy_mean"] is not None]
@@ -553,7 +553,7 @@ def plot_pareto(groups: List[Dict[str, Any]], cost: str, path: Path, *, title: s
         x = np.array([g[cost] for g in gs])
         y = np.array([100 * g["accuracy_mean"] for g in gs])
         e = np.array([100 * (g["accuracy_std"] or 0.0) for g in gs])
-        color = _method_color(m)
+        color = method_color(m)
         if m == "dense":
             ax.errorbar(x, y, yerr=e, fmt="*", ms=15, color=color, mec="black", mew=0.6, capsize=3, zorder=5,
                         label="dense")

@@ -30,7 +30,9 @@ _METHOD_COLORS = {
 }
 
 
-def _method_color(m: str) -> str:
+def method_color(m: str) -> str:
+    """The colour a method's row gets in every figure (reports and the quality benchmark): a fixed
+    one for the shipped methods, else one derived from the name, so a label keeps its colour."""
     if m in _METHOD_COLORS:
         return _METHOD_COLORS[m]
     import matplotlib
@@ -131,7 +133,7 @@ def _accuracy_bars(ax, groups: List[dict], ratios: List[float], xpos: Dict[int, 
     for g in groups:
         m, s = 100 * g["accuracy_mean"], 100 * g["accuracy_std"]
         ax.bar(xpos[id(g)], m, width * 0.92, yerr=s if g["n"] > 1 else None, capsize=3,
-               color=_method_color(g["method"]), edgecolor="black", linewidth=0.6, alpha=0.75, zorder=2,
+               color=method_color(g["method"]), edgecolor="black", linewidth=0.6, alpha=0.75, zorder=2,
                error_kw={"elinewidth": 1, "zorder": 3})
         if len(groups) <= 14:
             ax.annotate(f"{m:.1f}" if hi - lo > 5 else f"{m:.2f}", (xpos[id(g)], m + (s if g["n"] > 1 else 0)),
@@ -171,7 +173,7 @@ def _cost_lines(ax2, groups: List[dict], methods: List[str], xpos: Dict[int, flo
         gs = [g for g in groups if g["method"] == m]
         if not is_dense_label(m):
             gs = dense_groups[:1] + gs
-        color = _darker(_method_color(m))
+        color = _darker(method_color(m))
         for metric, vals in (("parameters", vals_p), (cost, vals_c)):
             pts = [(xpos[id(g)], vals[id(g)]) for g in gs if vals[id(g)] is not None]
             if pts:
@@ -195,7 +197,7 @@ def _accuracy_legend(fig, methods: List[str], cost_label: str) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=_method_color(m), edgecolor="black", alpha=0.75, label=f"accuracy: {m}")
+    handles = [Patch(facecolor=method_color(m), edgecolor="black", alpha=0.75, label=f"accuracy: {m}")
                for m in methods]
     handles += [Line2D([], [], color="#333333", linestyle="-", marker="o", markersize=5, label="parameters"),
                 Line2D([], [], color="#333333", linestyle="--", marker="s", markersize=7, markerfacecolor="white",
