@@ -370,11 +370,14 @@ class DynamicChannelPruner(DynamicPrunerState, SpikingMetaPruner):
         return sum(zero_channels(entries, keep, self.parameter_of, filters=filters)
                    for entries, keep in zip(self._channel_params, self.masks) if keep is not None)
 
+    #: :meth:`redirect_parameters`' resolver (None: the modules' own parameters)
+    _parameter_resolver: Optional[Callable[[nn.Module, str], torch.Tensor]] = None
+
     def parameter_of(self, module: nn.Module, name: str) -> torch.Tensor:
         """The trained tensor of a layer's parameter ``name`` (what resets zero, the regulariser
         penalises and the regrowth hooks observe): the module's own, unless
         :meth:`redirect_parameters` says where a framework keeps it."""
-        resolver = getattr(self, "_parameter_resolver", None)
+        resolver = self._parameter_resolver
         return getattr(module, name) if resolver is None else resolver(module, name)
 
     def redirect_parameters(self, resolver: Optional[Callable[[nn.Module, str], torch.Tensor]]) -> None:

@@ -175,7 +175,7 @@ class SCAPruner(DynamicChannelPruner):
         self._l1_bns = sorted({m for _, group in self.groups for m in group_batchnorms(group, with_weight=True)
                                if m not in ignored}, key=lambda m: self.module_names[m])
         # attached in the dynamic phase of a regrowing run, to the scales wherever parameter_of() finds them
-        self._growth = GradientMagnitudes(parameter=lambda m, name: self.parameter_of(m, name))
+        self._growth = GradientMagnitudes(parameter=self.parameter_of)
         self._own_collectors.append(self._growth)
         self._install()
 
