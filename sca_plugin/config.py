@@ -13,7 +13,7 @@ from .masking import MASKINGS
 from .methods import MethodSpec, get_method, method_names
 from .regrowth import REGROW_SIGNALS
 from .schedule import SCHEDULES
-from .selection import MODES
+from .selection import MODES, REGROW_BASES
 
 __all__ = ["METHODS", "PRESETS", "RUN_FREE_FIELDS", "TrainConfig", "ConfigError", "load_config_file"]
 
@@ -32,7 +32,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "paper": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "optimizer": "sgd", "lr_schedule": "step",
               "lr_step_size": 100, "lr_gamma": 0.1, "batch_size": 64, "neuron": "if", "l1": 3e-5,
               "global_pruning": True, "mode": "rebuild", "masking": "soft", "regrow_signal": "last",
-              "fixed_mask_epochs": 0, "max_pruning_ratio": 1.0, "regrow_decay": "constant", "schedule": "constant"},
+              "fixed_mask_epochs": 0, "max_pruning_ratio": 1.0, "regrow_decay": "constant", "schedule": "constant",
+              "regrow_relative_to": "all"},
 }
 
 
@@ -95,7 +96,7 @@ _CHOICES: Dict[str, tuple] = {
     "mode": MODES, "masking": MASKINGS, "regrow_signal": REGROW_SIGNALS, "step_mode": ("m", "s"),
     "regrow_decay": ("constant", "cosine"), "sca_normalizer": ("mean", "max", "sum"),
     "sdsnn_range_layers": ("all", "last"), "lr_schedule": ("cosine", "step"), "optimizer": ("sgd", "adam"),
-    "schedule": SCHEDULES,
+    "schedule": SCHEDULES, "regrow_relative_to": REGROW_BASES,
 }
 
 
@@ -113,6 +114,7 @@ class TrainConfig:
     method: str = field(default="sca", metadata={"help": ", ".join(METHODS) + ", or module:name (a method your module registers with sca_plugin.methods.register_method)"})
     pruning_ratio: float = field(default=0.5, metadata={"help": "fraction of prunable channels removed"})
     regrow_ratio: Optional[float] = field(default=None, metadata={"help": "fraction regrown per update (default 0.1 for sca, else 0)"})
+    regrow_relative_to: str = field(default="all", metadata={"help": "all (paper: --regrow-ratio of all prunable channels, half of the kept ones at 0.8 sparsity for 0.1) or kept (of the kept channels: the same share exchanged at every sparsity)"})
     regrow_decay: str = field(default="constant", metadata={"help": "constant (paper: the same regrow ratio at every update) or cosine (RigL-style decay to 0 by the last mask update)"})
     sca_normalizer: Optional[str] = field(default=None, metadata={"help": "sca methods: normalise the SCA scores of each group before the global ranking (mean, max, sum; default raw scores as in the paper)"})
     sdsnn_n: Optional[int] = field(default=None, metadata={"help": "sdsnn: consecutive-epoch count N (public code 18 for 300-600 epochs; default max(1, round(epochs * 18 / 300)))"})

@@ -239,6 +239,7 @@ def _sca_pruner(cfg: "TrainConfig", spec: MethodSpec, model: nn.Module, example:
                      schedule=cfg.effective_schedule, ramp_updates=ramp_updates(cfg, steps_per_epoch),
                      update_interval=cfg.update_interval, regrow_decay=cfg.regrow_decay, masking=cfg.masking,
                      regrow_signal=cfg.regrow_signal, max_pruning_ratio=cfg.max_pruning_ratio,
+                     regrow_relative_to=cfg.regrow_relative_to,
                      regrow_decay_updates=last_update(cfg, steps_per_epoch) if cfg.regrow_decay == "cosine" else None)
 
 

@@ -22,18 +22,19 @@ from .importance import SCAImportance
 from .masking import MASKINGS
 from .regrowth import REGROW_SIGNALS, GradientMagnitudes
 from .schedule import REGROW_DECAYS, SCHEDULES, regrow_at, sparsity_at
-from .selection import MODES, RankingScope, Selection, select_in_scopes
+from .selection import MODES, REGROW_BASES, RankingScope, Selection, regrow_fraction, select_in_scopes
 
 __all__ = ["SCAPruner", "NonFiniteStatisticsError"]
 
 
 _CONFIG_KEYS = ("pruning_ratio", "regrow_ratio", "global_pruning", "mode", "schedule",
                 "ramp_updates", "min_channels", "round_to", "definition", "regrow_decay", "regrow_decay_updates",
-                "masking", "regrow_signal", "max_pruning_ratio", "pruning_ratio_dict")
+                "masking", "regrow_signal", "max_pruning_ratio", "pruning_ratio_dict", "regrow_relative_to")
 # settings added after the first state-dict format: their value when a saved state lacks them (the
 # behaviour of the versions that wrote such states)
 _CONFIG_DEFAULTS = {"regrow_decay": "constant", "regrow_decay_updates": None, "masking": "mask",
-                    "regrow_signal": "mean", "max_pruning_ratio": 1.0, "pruning_ratio_dict": {}}
+                    "regrow_signal": "mean", "max_pruning_ratio": 1.0, "pruning_ratio_dict": {},
+                    "regrow_relative_to": "all"}
 
 
 class SCAPruner(DynamicChannelPruner):
@@ -46,7 +47,12 @@ class SCAPruner(DynamicChannelPruner):
         importance: channel importance; :class:`SCAImportance` by default. Any
             ``tp.importance.Importance`` works (it then ranks the channels instead of SCA).
         pruning_ratio: target fraction ``s`` of prunable channels that are masked, in [0, 1).
-        regrow_ratio: fraction ``q`` of all prunable channels regrown at each update, ``q <= s``.
+        regrow_ratio: fraction ``q`` of the prunable channels regrown at each update: of all of them
+            (``regrow_relative_to="all"``, the paper; ``q <= s``) or of the kept ones (``"kept"``).
+        regrow_relative_to: ``"all"`` (paper: ``q * N`` channels regrown, which is ``q / (1 - s)`` of
+            the kept channels: half of them at ``s = 0.8`` for ``q = 0.1``) or ``"kept"``
+            (``q * (1 - s) * N``, RigL's drop fraction of the active units: the same share of the
+            kept channels exchanged at every sparsity); see :mod:`sca_plugin.selection`.
         global_pruning: rank all channels of the network together (paper) or per group.
         ignored_layers: modules whose output channels are never pruned (e.g. the classifier).
         l1: strength of the L1 penalty that :meth:`regularize` adds to conv-weight gradients.
@@ -129,12 +135,13 @@ class SCAPruner(DynamicChannelPruner):
         regrow_signal: str = "mean",
         max_pruning_ratio: Optional[float] = None,
         pruning_ratio_dict: Optional[Dict[Any, float]] = None,
+        regrow_relative_to: str = "all",
         **kwargs: Any,
     ) -> None:
         importance = SCAImportance() if importance is None else importance
         self._validate_common(model, ignored_layers, update_interval, min_channels, round_to, kwargs)
         self._validate_arguments(model, importance, pruning_ratio, regrow_ratio, l1, bn_l1, mode, schedule,
-                                 ramp_updates)
+                                 ramp_updates, regrow_relative_to)
         if regrow_decay not in REGROW_DECAYS:
             raise ValueError(f"regrow_decay must be one of {REGROW_DECAYS}, got {regrow_decay!r}")
         if regrow_decay == "cosine":
@@ -151,8 +158,10 @@ class SCAPruner(DynamicChannelPruner):
         if max_pruning_ratio < pruning_ratio:
             raise ValueError(f"max_pruning_ratio ({max_pruning_ratio}) is below pruning_ratio ({pruning_ratio}): no "
                              "layer could reach the target; use max_pruning_ratio >= pruning_ratio")
-        ratio_dict = self._validate_ratio_dict(model, pruning_ratio_dict, regrow_ratio, max_pruning_ratio)
+        ratio_dict = self._validate_ratio_dict(model, pruning_ratio_dict, regrow_ratio, max_pruning_ratio,
+                                               regrow_relative_to)
         self.regrow_ratio = regrow_ratio  # the group checks of the base's constructor read it
+        self.regrow_relative_to = regrow_relative_to
         super().__init__(model, example_inputs, importance, ignored_layers=ignored_layers,
                          global_pruning=global_pruning, pruning_ratio=pruning_ratio, round_to=round_to,
                          root_module_types=root_module_types, min_channels=min_channels,
@@ -180,7 +189,8 @@ class SCAPruner(DynamicChannelPruner):
         self._install()
 
     @staticmethod
-    def _validate_ratio_dict(model, ratio_dict, regrow_ratio, max_pruning_ratio) -> Dict[tuple, float]:
+    def _validate_ratio_dict(model, ratio_dict, regrow_ratio, max_pruning_ratio,
+                             regrow_relative_to: str = "all") -> Dict[tuple, float]:
         """``{tuple of modules: ratio}`` from Torch-Pruning's ``pruning_ratio_dict``, checked."""
         out: Dict[tuple, float] = {}
         members = set(model.modules())
@@ -192,9 +202,10 @@ class SCAPruner(DynamicChannelPruner):
                                      "key it by the model's modules (or tuples of them), as in Torch-Pruning")
             if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
                 raise ValueError(f"pruning_ratio_dict ratio for {type(modules[0]).__name__} must be in [0, 1), got {ratio!r}")
-            if regrow_ratio > ratio:
-                raise ValueError(f"pruning_ratio_dict ratio {ratio} is below regrow_ratio ({regrow_ratio}): only masked "
-                                 "channels can be regrown; use ratios >= regrow_ratio")
+            if regrow_fraction(regrow_ratio, ratio, regrow_relative_to) > ratio:
+                raise ValueError(f"pruning_ratio_dict ratio {ratio} is below the regrown fraction (regrow_ratio "
+                                 f"{regrow_ratio} of {regrow_relative_to} channels): only masked channels can be "
+                                 "regrown; use larger ratios or a smaller regrow_ratio")
             if ratio > max_pruning_ratio:
                 raise ValueError(f"pruning_ratio_dict ratio {ratio} exceeds max_pruning_ratio ({max_pruning_ratio})")
             out[modules] = float(ratio)
@@ -249,16 +260,23 @@ class SCAPruner(DynamicChannelPruner):
 
     @staticmethod
     def _validate_arguments(model, importance, pruning_ratio, regrow_ratio, l1, bn_l1, mode, schedule,
-                            ramp_updates) -> None:
+                            ramp_updates, regrow_relative_to) -> None:
         if not isinstance(importance, tp.importance.Importance):
             raise TypeError(f"importance must be a torch_pruning.importance.Importance, got {type(importance).__name__}")
         for name, value in (("pruning_ratio", pruning_ratio), ("regrow_ratio", regrow_ratio)):
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-        if regrow_ratio > pruning_ratio:
+        if regrow_relative_to not in REGROW_BASES:
+            raise ValueError(f"regrow_relative_to must be one of {REGROW_BASES}, got {regrow_relative_to!r}")
+        if regrow_relative_to == "all" and regrow_ratio > pruning_ratio:
             raise ValueError(
                 f"regrow_ratio ({regrow_ratio}) is larger than pruning_ratio ({pruning_ratio}): only masked "
                 f"channels can be regrown, so use regrow_ratio <= pruning_ratio")
+        if regrow_fraction(regrow_ratio, pruning_ratio, regrow_relative_to) > pruning_ratio:
+            raise ValueError(
+                f"regrow_ratio ({regrow_ratio}) of the kept channels regrows "
+                f"{regrow_fraction(regrow_ratio, pruning_ratio, 'kept'):.3g} of all, more than pruning_ratio "
+                f"({pruning_ratio}) masks: only masked channels can be regrown, so use a smaller regrow_ratio")
         for name, value in (("l1", l1), ("bn_l1", bn_l1)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
@@ -371,7 +389,7 @@ class SCAPruner(DynamicChannelPruner):
         scopes = [replace(scope, sparsity=sparsity_at(self.num_updates, scope.sparsity, self.schedule,
                                                         self.ramp_updates)) for scope in self.scopes]
         return select_in_scopes(scores, growth, previous, scopes, regrow, min_channels=self.min_channels,
-                                round_to=self.round_to, mode=self.mode)
+                                round_to=self.round_to, mode=self.mode, regrow_relative_to=self.regrow_relative_to)
 
     # ------------------------------------------------------------------ state
     def _config(self) -> dict:
@@ -383,7 +401,7 @@ class SCAPruner(DynamicChannelPruner):
                 "bn_l1": self.bn_l1, "update_interval": self.update_interval,
                 "regrow_decay": self.regrow_decay, "regrow_decay_updates": self.regrow_decay_updates,
                 "masking": self.masking, "regrow_signal": self.regrow_signal,
-                "max_pruning_ratio": self.max_pruning_ratio,
+                "max_pruning_ratio": self.max_pruning_ratio, "regrow_relative_to": self.regrow_relative_to,
                 "pruning_ratio_dict": {",".join(self.module_names[m] for m in key): r
                                        for key, r in self.pruning_ratio_dict.items()}}
 

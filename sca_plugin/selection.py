@@ -6,6 +6,11 @@ One update, for target sparsity ``s`` and regrow fraction ``q`` over ``N`` pruna
 2. among the masked channels, regrow the ``q * N`` with the largest ``|dL/dgamma|``;
    so ``(1 - s) * N`` channels stay, ``q * N`` of them regrown.
 
+``q`` is a fraction of all channels (the paper, ``regrow_relative_to="all"``) or of the kept ones
+(``"kept"``: ``q * (1 - s) * N`` regrown, RigL's drop fraction of the active units). With ``"all"``
+the exchanged share of the kept channels grows with the sparsity: ``q / (1 - s)``, half of them at
+``s = 0.8`` and all of them at ``s = 0.9`` for the paper's ``q = 0.1``.
+
 ``mode="rebuild"`` (default; the reference code) rebuilds the mask from scratch at every update:
 step 1 ranks all channels and step 2 may regrow a channel that step 1 just pruned.
 ``mode="incremental"`` starts from the current mask: step 1 drops the weakest *kept* channels and step 2
@@ -29,9 +34,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["MODES", "RankingScope", "Selection", "select_channels", "select_in_scopes", "channel_floor"]
+__all__ = ["MODES", "REGROW_BASES", "RankingScope", "Selection", "channel_floor", "regrow_fraction", "select_channels",
+           "select_in_scopes"]
 
 MODES = ("incremental", "rebuild")
+REGROW_BASES = ("all", "kept")
 
 
 @dataclass
@@ -56,6 +63,14 @@ class RankingScope:
     regrow_within_ratio: bool = False
 
 
+def regrow_fraction(regrow_ratio: float, sparsity: float, relative_to: str = "all") -> float:
+    """The fraction of all channels regrown at ``sparsity``: ``regrow_ratio`` itself (``"all"``) or
+    ``regrow_ratio * (1 - sparsity)`` (``"kept"``)."""
+    if relative_to not in REGROW_BASES:
+        raise ValueError(f"regrow_relative_to must be one of {REGROW_BASES}, got {relative_to!r}")
+    return regrow_ratio if relative_to == "all" else regrow_ratio * (1.0 - sparsity)
+
+
 def select_in_scopes(
     scores: Sequence[torch.Tensor],
     growth: Optional[Sequence[torch.Tensor]],
@@ -65,8 +80,10 @@ def select_in_scopes(
     min_channels: int = 1,
     round_to: Optional[int] = None,
     mode: str = "rebuild",
+    regrow_relative_to: str = "all",
 ) -> Selection:
-    """One :func:`select_channels` per scope; every group must be in exactly one scope."""
+    """One :func:`select_channels` per scope; every group must be in exactly one scope. The regrown
+    fraction of each scope follows its own sparsity (:func:`regrow_fraction`)."""
     n = len(scores)
     covered = sorted(i for scope in scopes for i in scope.groups)
     if covered != list(range(n)):
@@ -75,7 +92,8 @@ def select_in_scopes(
     for scope in scopes:
         idx = list(scope.groups)
         pick = lambda seq: None if seq is None else [seq[i] for i in idx]  # noqa: E731
-        q = min(regrow_ratio, scope.sparsity) if scope.regrow_within_ratio else regrow_ratio
+        q = regrow_fraction(regrow_ratio, scope.sparsity, regrow_relative_to)
+        q = min(q, scope.sparsity) if scope.regrow_within_ratio else q
         sel = select_channels(pick(scores), pick(growth), pick(previous), scope.sparsity, q, scope.global_ranking,
                               min_channels, round_to, mode, scope.max_pruning_ratio)
         for j, i in enumerate(idx):

@@ -82,6 +82,9 @@ BAD_CONFIGS = [
     ([{"op_types": ["Conv2d"], "sparse_ratio": -0.1}], {}, r"sparse_ratio must be a number in \[0, 1\)"),
     ([{"op_types": ["Conv3d"], "sparse_ratio": 0.5}], {}, "matches no module"),
     ([{"op_types": ["Conv2d"], "sparse_ratio": 0.1}], {"regrow_ratio": 0.2}, "regrow_ratio .* larger than sparse_ratio"),
+    ([{"op_types": ["Conv2d"], "sparse_ratio": 0.1}], {"regrow_ratio": 0.5, "regrow_relative_to": "kept"},
+     r"regrow_ratio \(0.5\) of the kept channels regrows 0.45 of all, more than sparse_ratio"),
+    (CONFIG, {"regrow_relative_to": "masked"}, "regrow_relative_to must be one of"),
     ([{"op_types": ["BatchNorm2d"], "sparse_ratio": 0.5}], {}, "not convolutions or linear"),
     ([{"sparse_ratio": 0.5}], {}, "op_types"),
     ([{"op_types": ["Conv2d"], "sparse_ratio": 0.5, "sparse_threshold": 0.1}], {}, "does not support the keys"),
@@ -219,12 +222,14 @@ def test_masked_model_equals_physically_pruned_model(arch):
 @pytest.mark.parametrize("config,core_kw", [
     (CONFIG, {}),  # one global_group_id: the core's global ranking
     ([{"op_types": ["Conv2d"], "sparse_ratio": 0.5}], {"global_pruning": False}),  # every layer on its own
-], ids=["global", "per-layer"])
+    (CONFIG, {"regrow_relative_to": "kept"}),  # regrowth counted against the kept channels
+], ids=["global", "per-layer", "regrow-of-kept"])
 def test_nni_and_torch_pruning_front_ends_pick_the_same_channels(arch, config, core_kw):
     base, c = build(arch)
     x, y = batch(c)
     m_nni, m_tp = copy.deepcopy(base), copy.deepcopy(base)
-    nni_pruner = SCAPruner(m_nni, config, None, regrow_ratio=0.1, example_inputs=x[:2])
+    nni_kw = {k: v for k, v in core_kw.items() if k == "regrow_relative_to"}
+    nni_pruner = SCAPruner(m_nni, config, None, regrow_ratio=0.1, example_inputs=x[:2], **nni_kw)
     nni_pruner.register_statistics_hooks()
     tp_pruner = CoreSCAPruner(m_tp, x[:2], pruning_ratio=0.5, regrow_ratio=0.1, verify_atol=None, **core_kw)
     assert [g[0] for g in nni_pruner.coupled_modules()] == tp_pruner.group_names()

@@ -406,3 +406,35 @@ def test_remove_takes_off_everything_the_pruner_installed(kind, digits_batch):
     for call in (pruner.update_masks, pruner.fix_masks, pruner.finalize):
         with pytest.raises(RuntimeError, match=r"after remove\(\)"):
             call()
+
+
+def test_regrowth_relative_to_the_kept_channels(digits_batch):
+    """``regrow_relative_to="kept"`` regrows ``q * (1 - s)`` of the channels at each update, follows a
+    ramping schedule, belongs to the saved state, and is checked before anything is built."""
+    torch.manual_seed(0)
+    model = digits_cnn(T=2)
+    x, y = digits_batch
+    pruner = SCAPruner(model, x[:2], pruning_ratio=0.8, regrow_ratio=0.5, ignored_layers=[model.classifier],
+                       regrow_relative_to="kept", schedule="linear", ramp_updates=2, max_pruning_ratio=1.0)
+    opt = None
+    for _ in range(3):
+        opt = train_steps(model, x, y, 1, pruner, optimizer=opt)
+        pruner.update_masks()
+    n = sum(len(m) for m in pruner.masks)
+    assert [h["regrown"] for h in pruner.history] == [round(0.5 * 0.6 * n), round(0.5 * 0.2 * n), round(0.5 * 0.2 * n)]
+    state = pruner.state_dict()
+    fresh = digits_cnn(T=2)
+    other = SCAPruner(fresh, x[:2], pruning_ratio=0.8, regrow_ratio=0.5, ignored_layers=[fresh.classifier],
+                      schedule="linear", ramp_updates=2, max_pruning_ratio=1.0)
+    with pytest.raises(ValueError, match="regrow_relative_to"):
+        other.load_state_dict(state)
+    # 0.5 of all channels would regrow more than 0.3 masks; 0.5 of the kept ones (0.35) would too
+    with pytest.raises(ValueError, match=r"regrow_ratio \(0.5\) is larger than pruning_ratio"):
+        SCAPruner(fresh, x[:2], pruning_ratio=0.3, regrow_ratio=0.5, ignored_layers=[fresh.classifier])
+    with pytest.raises(ValueError, match=r"of the kept channels regrows 0.35 of all, more than pruning_ratio \(0.3\)"):
+        SCAPruner(fresh, x[:2], pruning_ratio=0.3, regrow_ratio=0.5, ignored_layers=[fresh.classifier],
+                  regrow_relative_to="kept")
+    SCAPruner(fresh, x[:2], pruning_ratio=0.5, regrow_ratio=0.9, ignored_layers=[fresh.classifier],
+              regrow_relative_to="kept").remove()  # 0.45 of all channels <= 0.5
+    with pytest.raises(ValueError, match="regrow_relative_to must be one of"):
+        SCAPruner(fresh, x[:2], ignored_layers=[fresh.classifier], regrow_relative_to="masked")

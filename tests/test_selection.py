@@ -113,3 +113,25 @@ def test_schedules():
     assert all(a < b for a, b in zip(cubic[:3], cubic[1:4]))
     with pytest.raises(ValueError, match="constant"):
         sparsity_at(0, 0.5, "exp")
+
+
+@pytest.mark.parametrize("relative_to, expected", [("all", round(0.1 * 120)), ("kept", round(0.1 * 0.2 * 120))])
+def test_regrown_count_is_a_fraction_of_all_or_of_the_kept_channels(relative_to, expected):
+    from sca_plugin.selection import RankingScope, select_in_scopes
+
+    sizes = [40, 80]
+    scores, growth = rand_groups(sizes, 3), rand_groups(sizes, 4)
+    scope = RankingScope((0, 1), 0.8)
+    sel = select_in_scopes(scores, growth, None, [scope], 0.1, regrow_relative_to=relative_to)
+    assert sum(len(r) for r in sel.regrown) == expected
+    assert sum(int((~k).sum()) for k in sel.keep) == round(0.8 * 120)  # the sparsity does not depend on it
+
+
+def test_regrow_fraction_of_the_kept_channels_follows_the_sparsity():
+    from sca_plugin.selection import regrow_fraction
+
+    assert regrow_fraction(0.1, 0.8, "all") == 0.1
+    assert regrow_fraction(0.2, 0.5, "kept") == pytest.approx(0.1)  # the paper's 0.1 of all at s = 0.5
+    assert regrow_fraction(0.2, 0.9, "kept") == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="regrow_relative_to must be one of"):
+        regrow_fraction(0.1, 0.5, "masked")

@@ -20,7 +20,7 @@ import torch.nn as nn
 from nni.compression.base.config import default_config_schema, select_modules_by_config, trans_legacy_config_list
 
 from ..groups import PRODUCER_TYPES, group_batchnorms, group_neurons, group_producers, reaches_output
-from ..selection import RankingScope
+from ..selection import RankingScope, regrow_fraction
 
 __all__ = ["ALLOWED_KEYS", "ConfiguredGroup", "GroupChoice", "validate_config_list",
            "choose_groups", "ranking_scopes"]
@@ -34,7 +34,7 @@ Configs = List[Tuple[dict, Dict[str, nn.Module]]]
 
 
 # ---------------------------------------------------------------------- the entries
-def validate_config_list(model: nn.Module, config_list, regrow_ratio: float) -> Configs:
+def validate_config_list(model: nn.Module, config_list, regrow_ratio: float, regrow_relative_to: str = "all") -> Configs:
     """Every entry checked (NNI's schema included) and the layers it selects; ``max_sparse_ratio``
     defaults to ``(1 + sparse_ratio) / 2``, as the core's ``max_pruning_ratio``."""
     if not isinstance(config_list, (list, tuple)) or not config_list:
@@ -47,7 +47,7 @@ def validate_config_list(model: nn.Module, config_list, regrow_ratio: float) -> 
     seen: Dict[str, int] = {}
     for i, config in enumerate(trans_legacy_config_list(deepcopy(list(config_list)))):
         where = f"config_list[{i}] ({config!r:.120})"
-        _check_entry(config, where, regrow_ratio)
+        _check_entry(config, where, regrow_ratio, regrow_relative_to)
         try:
             schema.validate(config)
         except Exception as e:  # schema.SchemaError
@@ -68,7 +68,7 @@ def validate_config_list(model: nn.Module, config_list, regrow_ratio: float) -> 
     return out
 
 
-def _check_entry(config: dict, where: str, regrow_ratio: float) -> None:
+def _check_entry(config: dict, where: str, regrow_ratio: float, regrow_relative_to: str) -> None:
     """One entry's keys and values (``sparse_ratio`` and ``max_sparse_ratio`` made floats in place)."""
     if not any(k in config for k in ("op_types", "op_names", "op_names_re")):
         raise ValueError(f"{where}: select modules with 'op_types', 'op_names' or 'op_names_re'")
@@ -87,9 +87,14 @@ def _check_entry(config: dict, where: str, regrow_ratio: float) -> None:
     if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not ratio <= cap <= 1.0:
         raise ValueError(f"{where}: max_sparse_ratio must be in [sparse_ratio, 1], got {cap!r}")
     config["max_sparse_ratio"] = float(cap)
-    if regrow_ratio > config["sparse_ratio"]:
+    regrown = regrow_fraction(regrow_ratio, config["sparse_ratio"], regrow_relative_to)
+    if regrow_relative_to == "all" and regrown > config["sparse_ratio"]:
         raise ValueError(f"{where}: regrow_ratio ({regrow_ratio}) is larger than sparse_ratio ({ratio}): only masked "
                          "channels can be regrown, so use regrow_ratio <= sparse_ratio")
+    if regrown > config["sparse_ratio"]:
+        raise ValueError(f"{where}: regrow_ratio ({regrow_ratio}) of the kept channels regrows {regrown:.3g} of all, "
+                         f"more than sparse_ratio ({ratio}) masks: only masked channels can be regrown, so use a "
+                         "smaller regrow_ratio")
     targets = config.get("target_names")
     if targets is not None and (not targets or set(targets) - {"weight", "bias"}):
         raise ValueError(f"{where}: target_names must be a non-empty subset of ['weight', 'bias'], got {targets!r}")

@@ -54,6 +54,7 @@ from ..groups import PRODUCER_TYPES, group_size, parameter_channel_dim
 from ..importance import SCAImportance
 from ..masking import StraightThroughMask, mask_targets, out_channels, output_channel_dim
 from ..pruner import SCAPruner as _CoreSCAPruner
+from ..selection import REGROW_BASES
 from .config_list import ConfiguredGroup, choose_groups, ranking_scopes, root_module_types, validate_config_list
 from .driver import TrainingDriver, check_driver_arguments, evaluator_dummy_input, \
     missing_example_inputs_message, module_channels, wrapped_parameter
@@ -133,7 +134,7 @@ class SCAPruner(TrainingDriver, Pruner):
             scheduled pruner sets it).
         example_inputs: inputs exactly as ``model`` takes them, to trace the dependency graph. Default:
             the evaluator's ``dummy_input`` (``TorchEvaluator(..., dummy_input=x)``), as NNI's tools use it.
-        definition, mode, min_channels, round_to, l1, masking, regrow_signal, forward_fn: the core
+        definition, mode, min_channels, round_to, l1, masking, regrow_signal, regrow_relative_to, forward_fn: the core
             :class:`sca_plugin.SCAPruner`'s arguments, with its defaults (``l1``: the penalty
             ``l1 * sign(W)`` on conv-weight gradients, added before every optimizer step of
             ``compress()``). ``masking`` is ``'reset'``, ``'reset-filters'`` or ``'mask'``: the
@@ -159,7 +160,8 @@ class SCAPruner(TrainingDriver, Pruner):
                  total_times: int | Literal["unlimited"] = "unlimited", example_inputs: Any = None, *,
                  definition: str = "spike_plus_v", mode: str = "rebuild", min_channels: int = 1,
                  round_to: Optional[int] = None, l1: float = 3e-5, forward_fn=None, masking: str = "reset",
-                 regrow_signal: str = "mean", existed_wrappers: Optional[Dict[str, ModuleWrapper]] = None):
+                 regrow_signal: str = "mean", regrow_relative_to: str = "all",
+                 existed_wrappers: Optional[Dict[str, ModuleWrapper]] = None):
         # ---- checked before the model is traced or wrapped
         example_inputs = check_driver_arguments("SCAPruner", model, evaluator, interval_steps, total_times,
                                                 example_inputs)
@@ -168,13 +170,16 @@ class SCAPruner(TrainingDriver, Pruner):
         if masking not in _MASKINGS:
             raise ValueError(f"masking must be 'reset', 'reset-filters' or 'mask' for the NNI pruner, got {masking!r} "
                              "('soft' needs no forward mask: use sca_plugin.SCAPruner)")
-        configs = validate_config_list(model, config_list, regrow_ratio)
+        if regrow_relative_to not in REGROW_BASES:
+            raise ValueError(f"regrow_relative_to must be one of {REGROW_BASES}, got {regrow_relative_to!r}")
+        configs = validate_config_list(model, config_list, regrow_ratio, regrow_relative_to)
         ratios = [c["sparse_ratio"] for c, _ in configs]
         # ---- the algorithm: it checks its own arguments, traces the graph and picks the groups
         self.core = _ConfiguredCore(
             model, example_inputs, configs, importance=SCAImportance(definition), pruning_ratio=max(ratios),
             regrow_ratio=regrow_ratio, l1=l1, mode=mode, min_channels=min_channels, round_to=round_to,
-            masking=masking, regrow_signal=regrow_signal, root_module_types=root_module_types(configs),
+            masking=masking, regrow_signal=regrow_signal, regrow_relative_to=regrow_relative_to,
+            root_module_types=root_module_types(configs),
             forward_fn=forward_fn)
         # NNI applies the masks (output target spaces) and gathers statistics only while it trains
         self.core.set_forward_masks(False)
@@ -191,6 +196,7 @@ class SCAPruner(TrainingDriver, Pruner):
         self.total_times = total_times
         self.example_inputs = example_inputs
         self.definition, self.selection_mode, self.masking, self.regrow_signal = definition, mode, masking, regrow_signal
+        self.regrow_relative_to = regrow_relative_to
         self.min_channels, self.round_to, self.l1 = min_channels, round_to, float(l1)
         #: one entry per update: ``{update, pruned, regrown, sparse_ratio: {group: ratio}, sparsity, channels}``
         self.history: List[dict] = []
