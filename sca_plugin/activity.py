@@ -20,14 +20,24 @@ Two definitions of activity (``definition``):
     input and ``V[t-1]`` (see :func:`sca_plugin.neurons.register_charge_function`).
 
 Where the potentials come from: in single-step mode, the neuron's ``v`` after each step. In
-multi-step mode (:func:`potential_sequence_source`) the neuron keeps only the last step's ``v``,
-so the sequence is obtained per forward from ``v_seq`` (``store_v_seq`` switched on for that
-forward), from ``state_seqs[0]`` (``ComplementaryLIFNode``'s ``store_state_seqs``), or, for
-``SimpleBaseNode`` neurons (``SimpleIFNode``, ``SimpleLIFNode``), which store no sequence, by
-replaying the charge function and SpikingJelly's reset from the input, the emitted spikes and the
-initial potential (exactly the neuron's own recursion). Neurons with none of these, or that keep
-no membrane potential at all, are refused by :meth:`MembraneActivityRecorder.check_supported`
-with the reason and what to use instead.
+multi-step mode (:func:`potential_sequence_source`) the neuron keeps only the last step's ``v``.
+The statistics are then fused into a step-by-step replay wherever that reproduces the neuron exactly:
+``IFNode``, ``LIFNode``, ``ParametricLIFNode`` (SpikingJelly's fused multi-step kernels) and the
+``SimpleBaseNode`` neurons (``SimpleIFNode``, ``SimpleLIFNode``) are replayed from the input, the
+emitted spikes and the initial potential with the registered charge function and SpikingJelly's
+reset (the neuron's own recursion), one time step at a time, and each step's activity is added into
+a running ``[B, C, ...]`` sum. The ``[T, B, C, ...]`` potential sequence is never materialised and
+the neuron keeps running its fast path (``store_v_seq`` stays False), which is what made the
+statistics cost 15-25 % of a training step before (SpikingJelly stacking ``v_seq``, then three
+tensor-sized temporaries for the reduction). Other neurons give their sequence per forward from
+``v_seq`` (``store_v_seq`` switched on for that forward: every other ``BaseNode``) or from
+``state_seqs[0]`` (``ComplementaryLIFNode``'s ``store_state_seqs``) -- the "trace" path. The replay
+of the fused-kernel neurons runs on CPU float32 inputs with SpikingJelly's default precision; on a
+GPU (SpikingJelly's triton / CUDA kernels, whose rounding the replay has not been checked against
+here) and for other dtypes or an explicit ``neuron precision`` those neurons use the trace path,
+which gives the same scores. Neurons with none of these, or that keep no membrane potential at all,
+are refused by :meth:`MembraneActivityRecorder.check_supported` with the reason and what to use
+instead.
 """
 from __future__ import annotations
 
@@ -51,7 +61,12 @@ def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-_REPLAY_METHODS = ("forward", "single_step_forward", "multi_step_forward", "neuronal_charge", "neuronal_reset")
+_REPLAY_METHODS = ("forward", "single_step_forward", "multi_step_forward", "neuronal_charge", "neuronal_reset",
+                   "single_step_functional_forward", "multi_step_functional_forward", "materialize_states")
+
+#: SpikingJelly neurons whose multi-step kernels compute exactly ``H = charge(X, V[t-1])`` and then
+#: SpikingJelly's hard/soft reset (checked against ``v_seq`` in tests/test_fused_statistics.py)
+_FUSED_KERNEL_CLASSES = (sj_neuron.IFNode, sj_neuron.LIFNode, sj_neuron.ParametricLIFNode)
 
 
 def _charge_class(module: nn.Module) -> Optional[type]:
@@ -59,6 +74,16 @@ def _charge_class(module: nn.Module) -> Optional[type]:
     from .neurons import _CHARGE_FUNCTIONS
 
     return next((c for c in type(module).__mro__ if c in _CHARGE_FUNCTIONS), None)
+
+
+def _unchanged_up_to(module: nn.Module, registered: type) -> bool:
+    """No class from ``type(module)`` down to ``registered`` (exclusive) redefines the dynamics."""
+    for klass in type(module).__mro__:
+        if klass is registered:
+            return True
+        if any(name in vars(klass) for name in _REPLAY_METHODS):
+            return False
+    return False
 
 
 def _replayable(module: nn.Module) -> bool:
@@ -71,22 +96,35 @@ def _replayable(module: nn.Module) -> bool:
         return False
     if type(module).neuronal_reset is not simple.neuronal_reset:
         return False
-    for klass in type(module).__mro__:
-        if klass is registered:
-            return True
-        if any(name in vars(klass) for name in _REPLAY_METHODS):
-            return False
-    return False
+    return _unchanged_up_to(module, registered)
+
+
+def _fused_replayable(module: nn.Module) -> bool:
+    """An ``IFNode`` / ``LIFNode`` / ``ParametricLIFNode`` (or a subclass that changes none of their
+    forward, charge, reset or state handling): its multi-step potentials can be replayed."""
+    registered = _charge_class(module)
+    return registered in _FUSED_KERNEL_CLASSES and isinstance(module, sj_neuron.BaseNode) \
+        and _unchanged_up_to(module, registered)
+
+
+def _replay_exact_here(module: nn.Module, x: torch.Tensor) -> bool:
+    """The fused-kernel replay is used on CPU float32 inputs with SpikingJelly's default precision
+    (its CPU kernel is the float32 reference loop the replay repeats); elsewhere the trace path."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and getattr(module, "_neuron_precision", None) is None
 
 
 def potential_sequence_source(module: nn.Module) -> Optional[str]:
     """How the recorder obtains a multi-step neuron's post-reset potentials ``V[0..T-1]``:
-    ``"v_seq"`` (``store_v_seq``, every ``BaseNode``), ``"state_seqs"`` (``store_state_seqs``,
-    ``ComplementaryLIFNode``), ``"replay"`` (``SimpleBaseNode`` neurons with a registered charge
-    function, see :func:`_replayable`) or None (it cannot be scored in multi-step mode)."""
+    ``"replay"`` (recomputed step by step with the statistics fused in: ``IFNode``, ``LIFNode``,
+    ``ParametricLIFNode`` -- on CPU float32, see :func:`_replay_exact_here` -- and ``SimpleBaseNode``
+    neurons with a registered charge function), ``"state_seqs"`` (``store_state_seqs``,
+    ``ComplementaryLIFNode``), ``"v_seq"`` (``store_v_seq``, every other ``BaseNode``) or None (it
+    cannot be scored in multi-step mode)."""
     cls = type(module)
     if isinstance(getattr(cls, "store_state_seqs", None), property):
         return "state_seqs"
+    if _fused_replayable(module):
+        return "replay"
     if isinstance(getattr(cls, "store_v_seq", None), property) or "store_v_seq" in vars(module):
         return "v_seq"
     if _replayable(module):
@@ -95,10 +133,33 @@ def potential_sequence_source(module: nn.Module) -> Optional[str]:
 
 
 def _reset_like_spikingjelly(module: nn.Module, h: torch.Tensor, spike: torch.Tensor) -> torch.Tensor:
-    """``SimpleBaseNode.neuronal_reset``: soft (``v_reset=None``) or hard reset of ``h`` by ``spike``."""
+    """SpikingJelly's reset (``SimpleBaseNode.neuronal_reset``, the fused kernels' reset): soft
+    (``v_reset=None``) or hard reset of ``h`` by ``spike``."""
     if module.v_reset is None:
         return h - module.v_threshold * spike
     return spike * module.v_reset + (1.0 - spike) * h
+
+
+def _reset_step(module: nn.Module, h: torch.Tensor, spike: torch.Tensor) -> torch.Tensor:
+    """:func:`_reset_like_spikingjelly` with fewer temporaries and the same values: the products of
+    a spike (0 or 1) with the threshold or the reset potential are exact, so only the order of the
+    exact terms changes (hard reset to 0 adds nothing but the sign of a zero)."""
+    if not all(isinstance(a, (int, float)) for a in (module.v_threshold, module.v_reset or 0.0)):
+        return _reset_like_spikingjelly(module, h, spike)
+    if module.v_reset is None:
+        return torch.sub(h, spike, alpha=module.v_threshold)
+    v = torch.sub(1.0, spike).mul_(h)
+    return v if module.v_reset == 0.0 else v.add_(spike, alpha=module.v_reset)
+
+
+def _initial_potential(module: nn.Module, v, x0: torch.Tensor) -> torch.Tensor:
+    """The potential the neuron starts this forward from, as SpikingJelly materialises it: a float
+    state filled out, and for a ``BaseNode`` a tensor of another shape re-initialised to ``v_reset``."""
+    if not isinstance(v, torch.Tensor):
+        return torch.full_like(x0, float(v))
+    if isinstance(module, sj_neuron.BaseNode) and v.shape != x0.shape:
+        return torch.full_like(x0, 0.0 if module.v_reset is None else float(module.v_reset))
+    return v.detach()
 
 
 class MembraneActivityRecorder(StatisticsCollector):
@@ -110,6 +171,9 @@ class MembraneActivityRecorder(StatisticsCollector):
     """
 
     name = "activity"
+    #: fuse the statistics into a replay where that is exact (see the module docstring); False reads
+    #: the stored trace wherever a neuron has one instead -- the same scores, slower (for comparisons)
+    fused: bool = True
 
     def __init__(self, definition: str = "spike_plus_v") -> None:
         super().__init__()
@@ -123,6 +187,7 @@ class MembraneActivityRecorder(StatisticsCollector):
         self.counts: Dict[nn.Module, torch.Tensor] = {}
         self._v_prev: Dict[nn.Module, object] = {}
         self._forced_store: Dict[nn.Module, bool] = {}
+        self._sources: Dict[nn.Module, Optional[str]] = {}  # per neuron: this forward's potential source
 
     # ------------------------------------------------------------------ attachment
     def check_supported(self, neurons: Iterable[nn.Module]) -> None:
@@ -212,10 +277,16 @@ class MembraneActivityRecorder(StatisticsCollector):
         return self.enabled and module.training
 
     def _pre_hook(self, module: nn.Module, args) -> None:
+        """Note where this forward's potentials will come from (the source, and the initial
+        potential where they are recomputed); switch the trace on for this forward where needed."""
         if not self._active(module):
             return
         multi_step = neuron_channel_dim(module) == 2
         source = potential_sequence_source(module) if multi_step else None
+        if source == "replay" and isinstance(module, sj_neuron.BaseNode) \
+                and not (self.fused and _replay_exact_here(module, args[0])):
+            source = "v_seq"  # the trace path: same scores (see the module docstring)
+        self._sources[module] = source
         if self.definition == "membrane_l1" or source == "replay":
             self._v_prev[module] = module.v
         if source == "v_seq" and not module.store_v_seq:
@@ -225,29 +296,15 @@ class MembraneActivityRecorder(StatisticsCollector):
             module.store_state_seqs = True
             self._forced_store[module] = True
 
-    def _potentials(self, module: nn.Module, multi_step: bool, source: Optional[str], x: torch.Tensor,
-                    spikes: torch.Tensor):
-        """The post-reset potentials of this forward (``V[0..T-1]`` in multi-step mode), and the
-        pre-reset ones ``H`` where the replay computed them (else None)."""
+    def _trace(self, module: nn.Module, source: Optional[str], spikes: torch.Tensor) -> torch.Tensor:
+        """The post-reset potentials ``V[0..T-1]`` the neuron stored for this forward (``v_seq`` or
+        ``state_seqs[0]``); the store is switched off again, so nothing outlives the forward."""
         forced = self._forced_store.pop(module, False)
-        if not multi_step:
-            return module.v, None
         if source is None:
             raise RuntimeError(
                 f"{type(module).__name__} now runs in multi-step mode, where it keeps only the last step's membrane "
                 "potential; SCA cannot score it (check_supported refuses it in multi-step mode): switch it back to "
                 "single-step mode or use a neuron that stores v_seq (IFNode, LIFNode, ParametricLIFNode)")
-        if source == "replay":
-            v = self._v_prev.pop(module)
-            v = torch.full_like(x[0], float(v)) if not isinstance(v, torch.Tensor) else v.detach()
-            charge = charge_function_for(module)
-            vs, hs = [], []
-            for x_t, s_t in zip(x.detach(), spikes.detach()):
-                h = charge(module, x_t, v)
-                v = _reset_like_spikingjelly(module, h, s_t)
-                hs.append(h)
-                vs.append(v)
-            return torch.stack(vs), torch.stack(hs)
         if source == "state_seqs":
             seqs = module.state_seqs
             v = seqs[0] if isinstance(seqs, (list, tuple)) and seqs else None
@@ -264,44 +321,65 @@ class MembraneActivityRecorder(StatisticsCollector):
                 f"{None if v is None else tuple(getattr(v, 'shape', ()))}, expected {tuple(spikes.shape)}) although "
                 f"{'store_state_seqs' if source == 'state_seqs' else 'store_v_seq'}=True: its multi_step_forward "
                 "ignores the flag; keep the flag's behaviour in the subclass, or run the neuron in single-step mode")
-        return v, None
+        return v
+
+    def _replayed_activity(self, module: nn.Module, x: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
+        """The activity of a multi-step forward summed over its time steps (``[B, C, ...]``), by
+        replaying the neuron's recursion one step at a time: ``H[t] = charge(X[t], V[t-1])``,
+        ``V[t] = reset(H[t], S[t])`` with the spikes ``S`` the neuron emitted. Only step-sized
+        temporaries (two buffers reused across the steps); the potential sequence is never stacked."""
+        v = _initial_potential(module, self._v_prev.pop(module), x[0])
+        charge = charge_function_for(module)
+        total, act = torch.zeros_like(v), torch.empty_like(v)
+        for x_t, s_t in zip(x.detach(), spikes.detach()):
+            h = charge(module, x_t, v)
+            v = _reset_step(module, h, s_t)
+            if self.definition == "membrane_l1":
+                total.add_(torch.abs(h, out=act))
+            else:
+                total.add_(torch.abs(v, out=act).add_(s_t))
+        return total
+
+    def _activity(self, module: nn.Module, source: Optional[str], x: torch.Tensor, spikes: torch.Tensor):
+        """The activity of this forward (``[T, B, C, ...]``, or ``[B, C, ...]`` in single-step mode)
+        from the neuron's own potentials: its ``v`` (single step) or the trace."""
+        multi_step = neuron_channel_dim(module) == 2
+        v = self._trace(module, source, spikes) if multi_step else module.v
+        if self.definition == "spike_plus_v":
+            return spikes.detach() + v.detach().abs()
+        v0 = _initial_potential(module, self._v_prev.pop(module), x[0] if multi_step else x)
+        v_prev = torch.cat([v0.unsqueeze(0), v.detach()[:-1]]) if multi_step else v0
+        return charge_function_for(module)(module, x.detach(), v_prev).abs()
 
     def _hook(self, module: nn.Module, args, output) -> None:
         if not self._active(module):
             return
         x, spikes = args[0], _first(output)
-        multi_step = neuron_channel_dim(module) == 2
-        source = potential_sequence_source(module) if multi_step else None
+        source = self._sources.pop(module, None)
         with torch.no_grad():
-            v, h = self._potentials(module, multi_step, source, x, spikes)
-            if self.definition == "spike_plus_v":
-                act = spikes.detach() + v.detach().abs()
-            elif h is not None:
-                act = h.abs()
+            if source == "replay":
+                act, steps, dim = self._replayed_activity(module, x, spikes), x.shape[0], 1
             else:
-                v0 = self._v_prev.pop(module)
-                first = x[0] if multi_step else x
-                v0 = torch.full_like(first, float(v0)) if not isinstance(v0, torch.Tensor) else v0.detach()
-                v_prev = torch.cat([v0.unsqueeze(0), v.detach()[:-1]]) if multi_step else v0
-                act = charge_function_for(module)(module, x.detach(), v_prev).abs()
-            dim = neuron_channel_dim(module)
-            dims = [d for d in range(act.dim()) if d != dim]
-            channel_sum = act.sum(dim=dims, dtype=torch.float32)
-            count = act.numel() // act.shape[dim]
-            if module in self.sums and self.sums[module].shape != channel_sum.shape:
-                if bool(self.counts[module] != 0):
-                    raise RuntimeError(
-                        f"{type(module).__name__} now has {channel_sum.numel()} channels but its SCA statistics "
-                        f"were recorded with {self.sums[module].numel()}: the model was pruned since. Call reset() "
-                        "to start new statistics, or detach() the importance once pruning is done")
-                del self.sums[module], self.counts[module]  # reset since: nothing recorded is lost
-            if module in self.sums:
-                self.sums[module].add_(channel_sum)
-                self.counts[module].add_(count)
-            else:
-                self.sums[module] = channel_sum
-                # shape (1,), not 0-d: torch.compile treats 0-d CPU tensors as scalars and drops in-place updates
-                self.counts[module] = torch.full((1,), float(count), dtype=torch.float64, device=channel_sum.device)
+                act, steps, dim = self._activity(module, source, x, spikes), 1, neuron_channel_dim(module)
+            channel_sum = act.sum(dim=[d for d in range(act.dim()) if d != dim], dtype=torch.float32)
+            self._accumulate(module, channel_sum, steps * (act.numel() // act.shape[dim]))
+
+    def _accumulate(self, module: nn.Module, channel_sum: torch.Tensor, count: int) -> None:
+        """Add one forward's per-channel sum and its number of values to the running statistics."""
+        if module in self.sums and self.sums[module].shape != channel_sum.shape:
+            if bool(self.counts[module] != 0):
+                raise RuntimeError(
+                    f"{type(module).__name__} now has {channel_sum.numel()} channels but its SCA statistics "
+                    f"were recorded with {self.sums[module].numel()}: the model was pruned since. Call reset() "
+                    "to start new statistics, or detach() the importance once pruning is done")
+            del self.sums[module], self.counts[module]  # reset since: nothing recorded is lost
+        if module in self.sums:
+            self.sums[module].add_(channel_sum)
+            self.counts[module].add_(count)
+        else:
+            self.sums[module] = channel_sum
+            # shape (1,), not 0-d: torch.compile treats 0-d CPU tensors as scalars and drops in-place updates
+            self.counts[module] = torch.full((1,), float(count), dtype=torch.float64, device=channel_sum.device)
 
     # ------------------------------------------------------------------ results
     def score(self, module: nn.Module) -> Optional[torch.Tensor]:
