@@ -10,6 +10,7 @@ physically at the end), for SpikingJelly networks in single- and multi-step mode
 from .activity import MembraneActivityRecorder
 from .graph import SpikingMetaPruner, repair_time_dimension, replay_pruning, spiking_neuron_pruners
 from .importance import SCAImportance
+from .inference import InferenceModel, optimize_for_inference
 from .neurons import SpikingNeuronPruner, is_spiking_neuron, register_charge_function, register_neuron_class
 from .pruner import NonFiniteStatisticsError, SCAPruner
 from .reporting import count_macs, count_parameters, pruning_report
@@ -21,6 +22,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SCAImportance",
+    "optimize_for_inference",
+    "InferenceModel",
     "SCAPruner",
     "NonFiniteStatisticsError",
     "SDSNNImportance",

@@ -127,6 +127,34 @@ def _pairs_from_sequentials(model: nn.Module) -> List[Tuple[str, str]]:
     return pairs
 
 
+def fold_batchnorm_(model: nn.Module) -> List[Tuple[str, str]]:
+    """Fold every ``Conv -> BatchNorm`` / ``Linear -> BatchNorm1d`` pair of ``model`` in place; returns
+    the folded ``(layer, batchnorm)`` paths.
+
+    The in-place step behind :func:`fuse_batchnorm` (which copies first) and
+    :func:`sca_plugin.optimize_for_inference` (which folds its own copy, so the model is copied
+    once): the folded layer replaces the conv/linear (same class and step mode, now with a bias)
+    and the BatchNorm becomes ``nn.Identity``. Uses the running statistics, so ``model`` must be
+    meant for eval mode; pairs are found as :func:`fuse_batchnorm` describes.
+    """
+    try:
+        pairs = _pairs_from_graph(model)
+    except (fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError):
+        # data-dependent control flow etc.: fall back to what is certain (never a bug of ours: an
+        # ImportError or NameError here would make every model fall back silently)
+        pairs = _pairs_from_sequentials(model)
+    for src_path, bn_path in pairs:
+        src, bn = model.get_submodule(src_path), model.get_submodule(bn_path)
+        was = src.training
+        src.eval(), bn.eval()  # torch's fuse_*_bn_eval refuse training-mode modules
+        with torch.no_grad():
+            folded = fuse_conv_bn_eval(src, bn) if isinstance(src, nn.modules.conv._ConvNd) else fuse_linear_bn_eval(src, bn)
+        folded.train(was)
+        _set_submodule(model, src_path, folded)
+        _set_submodule(model, bn_path, nn.Identity())
+    return pairs
+
+
 def fuse_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (in eval mode) with every ``Conv -> BatchNorm`` and ``Linear -> BatchNorm1d``
     pair folded into the convolution / linear layer, using the BatchNorm's running statistics.
@@ -145,16 +173,5 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
     functional.reset_net(model)
     fused = copy.deepcopy(model)
     fused.eval()
-    try:
-        pairs = _pairs_from_graph(fused)
-    except (fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError):
-        # data-dependent control flow etc.: fall back to what is certain (never a bug of ours: an
-        # ImportError or NameError here would make every model fall back silently)
-        pairs = _pairs_from_sequentials(fused)
-    for src_path, bn_path in pairs:
-        src, bn = fused.get_submodule(src_path), fused.get_submodule(bn_path)
-        with torch.no_grad():
-            folded = fuse_conv_bn_eval(src, bn) if isinstance(src, nn.modules.conv._ConvNd) else fuse_linear_bn_eval(src, bn)
-        _set_submodule(fused, src_path, folded)
-        _set_submodule(fused, bn_path, nn.Identity())
+    fold_batchnorm_(fused)
     return fused

@@ -62,7 +62,7 @@ def _run_config(run_dir: Path) -> dict:
 
 def export_run(run_dir: PathLike, out_path: PathLike, fmt: str = "torch",
                example_input: Optional[torch.Tensor] = None, input_shape: Optional[Sequence[int]] = None,
-               dt: float = 1e-4) -> str:
+               dt: float = 1e-4, optimize: bool = False) -> str:
     """Write the finalized (physically pruned) model of a ``sca-prune train`` run folder; returns the path.
 
     Formats (:data:`EXPORT_FORMATS`):
@@ -81,6 +81,11 @@ def export_run(run_dir: PathLike, out_path: PathLike, fmt: str = "torch",
     ``example_input`` (a static ``[B, C, H, W]`` batch or ``[T, B, C, H, W]``) fixes the traced
     shapes of the non-pickle formats; by default a random batch of the run's input shape
     (:func:`example_input_for`, ``input_shape=(C, H, W)`` overrides it).
+
+    ``optimize=True`` writes the eager module of :func:`sca_plugin.optimize_for_inference` instead
+    (BatchNorm folded, hooks and training-only state dropped, checked spike for spike on the example
+    input): a plain model of the same classes, smaller and faster; compile it again after loading
+    (``optimize_for_inference(loaded, x)``), as a compiled function cannot be saved.
     """
     from ..checkpoints import load_finalized_model
 
@@ -91,10 +96,14 @@ def export_run(run_dir: PathLike, out_path: PathLike, fmt: str = "torch",
         _require_nir()  # fail before loading anything
     model = load_finalized_model(str(run_dir))
     model.eval()
+    if example_input is None and (optimize or fmt != "torch"):
+        example_input = example_input_for(model, _run_config(run_dir), batch_size=2, input_shape=input_shape)
+    if optimize:
+        from ..inference import optimize_for_inference
+
+        model = optimize_for_inference(model, example_input, compile=False).module
     if fmt == "torch":
         return export_torch(model, out_path)
-    if example_input is None:
-        example_input = example_input_for(model, _run_config(run_dir), batch_size=2, input_shape=input_shape)
     if fmt == "torchscript":
         return export_torchscript(model, example_input, out_path)
     if fmt == "export":
