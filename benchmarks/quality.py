@@ -427,7 +427,7 @@ def _schedule(run: Dict[str, Any]) -> str:
     rank = "global ranking" if c.effective_global_pruning else "per-layer ranking"
     extra = []
     if c.effective_regrow_ratio:
-        extra.append(f"regrow_ratio {c.effective_regrow_ratio:g}")
+        extra.append(f"regrow_ratio {c.effective_regrow_ratio:g} of {c.regrow_relative_to} channels")
     if c.effective_bn_l1:
         extra.append(f"BN-scale L1 {c.effective_bn_l1:g}")
     if spec.nni_training:

@@ -3,9 +3,9 @@ exactly what the benchmark scripts wrote (never numbers edited by hand).
 
     python benchmarks/readme_tables.py [--check]
 
-A block ``<!-- table: PATH [columns: 1,2,5] -->`` ... ``<!-- /table -->`` in README.md receives the
-markdown table (header and rows) of PATH (relative to the repository), optionally only the listed
-columns (1-based). ``--check`` exits 1 if the README is out of date instead of writing it.
+A block ``<!-- table: PATH [index: 2] [columns: 1,2,5] -->`` ... ``<!-- /table -->`` in README.md
+receives the markdown tables (header and rows) of PATH (relative to the repository), optionally only
+the ``index``-th of them and only the listed columns (both 1-based). ``--check`` exits 1 if the README is out of date instead of writing it.
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- table: (?P<path>\S+)(?: columns: (?P<cols>[\d,]+))? -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+BLOCK = re.compile(r"(<!-- table: (?P<path>\S+)(?: index: (?P<index>\d+))?(?: columns: (?P<cols>[\d,]+))? -->\n)"
+                   r"(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
-def table_of(path: Path, cols=None) -> str:
+def table_of(path: Path, cols=None, index=None) -> str:
     lines, gap = [], False
     for line in path.read_text().splitlines():  # every table of the file, a blank line between tables
         if line.startswith("|"):
@@ -30,6 +31,11 @@ def table_of(path: Path, cols=None) -> str:
             gap = True
     if not lines:
         raise SystemExit(f"readme_tables: {path} holds no markdown table")
+    if index:
+        tables = "\n".join(lines).split("\n\n")
+        if not 1 <= int(index) <= len(tables):
+            raise SystemExit(f"readme_tables: {path} holds {len(tables)} tables, not {index}")
+        lines = tables[int(index) - 1].splitlines()
     if cols:
         keep = [int(c) for c in cols.split(",")]
         out = []
@@ -47,7 +53,8 @@ def table_of(path: Path, cols=None) -> str:
 
 
 def render(text: str) -> str:
-    return BLOCK.sub(lambda m: m.group(1) + table_of(ROOT / m.group("path"), m.group("cols")) + m.group(5), text)
+    return BLOCK.sub(lambda m: m.group(1) + table_of(ROOT / m.group("path"), m.group("cols"), m.group("index"))
+                     + m.group(6), text)
 
 
 def main(argv=None) -> int:
