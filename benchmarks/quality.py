@@ -644,6 +644,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     info["device"] = ", ".join(sorted({str(it["config"].device) for it in plan}))
     if argv is not None:  # called from Python (tests): record the equivalent command line
         info["command"] = "python benchmarks/quality.py " + " ".join(argv)
+    # the command that trains the runs (--no-train only collected the finished ones)
+    info["command"] = info["command"].replace(" --no-train", "")
     rows = {item["name"]: item["row"] for item in plan}
     groups = summarize_runs(sweep["metrics"], rows)
     paired_differences(groups, cfg.get("paired_with") or [])
