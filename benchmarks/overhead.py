@@ -2,16 +2,20 @@
 
 * training step with SCA (membrane-statistics hooks + channel masks + ``regularize``) vs a plain
   training step on an identical copy of the same model and the same batches, interleaved step by
-  step (A B A B ...) after warm-up; median, IQR and ratio of medians; two more interleaved
-  variants split the cost: plain training with the neurons storing their membrane trace
-  (``store_v_seq=True``, which the statistics need in multi-step mode) and plain training with only
-  the SCA statistics hooks attached (no masks, no regrowth hooks, no ``regularize``);
+  step (A B A B ...) after warm-up; median, IQR and ratio of medians; more interleaved variants in
+  the same rounds split the cost: SCA with the statistics read from the stored membrane trace
+  (``recorder.fused = False``: ``store_v_seq`` per forward, the way before issue 14) instead of
+  fused into a step-by-step replay, plain training with the neurons storing their trace
+  (``store_v_seq=True``), plain training with only the fused SCA statistics hooks attached (no
+  masks, no regrowth hooks, no ``regularize``), and plain and SCA training with the model's
+  forward under ``torch.compile`` (``sca-prune train --compile``; compiled in the warm-up);
 * ``pruner.update_masks()`` as a fraction of an epoch-equivalent (steps_per_epoch x median SCA
   step time);
 * ``pruner.finalize()`` wall time (with and without its float64 verification) for VGG16;
-* peak resident memory (VmHWM from /proc/self/status) of a fresh subprocess per variant (plain / SCA).
+* peak resident memory (VmHWM from /proc/self/status) of a fresh subprocess per variant (plain / SCA /
+  SCA with the trace statistics).
 
-``python benchmarks/overhead.py [--quick|--smoke] [--out benchmarks/results]``
+``OMP_NUM_THREADS=1 python benchmarks/overhead.py [--quick|--smoke] [--out benchmarks/results]``
 """
 from __future__ import annotations
 
@@ -42,11 +46,11 @@ STEPS_PER_EPOCH = {"digits_cnn": (23, "digits train split, 1437 images / batch 6
 PROFILES = {
     #           train-step reps      finalize widths / reps   mask-update reps  memory (models, steps, repeats)
     "default": dict(reps={"digits_cnn": 60, "vgg16": 25}, vgg_width=0.25, fin_widths=(0.5, 1.0), fin_reps=3,
-                    upd_reps=10, mem_models=("digits_cnn", "vgg16"), mem_steps=5, mem_repeats=2),
+                    upd_reps=10, mem_models=("digits_cnn", "vgg16"), mem_steps=5, mem_repeats=2, compiled=True),
     "quick": dict(reps={"digits_cnn": 15, "vgg16": 6}, vgg_width=0.25, fin_widths=(0.5,), fin_reps=1,
-                  upd_reps=3, mem_models=("digits_cnn", "vgg16"), mem_steps=2, mem_repeats=1),
+                  upd_reps=3, mem_models=("digits_cnn", "vgg16"), mem_steps=2, mem_repeats=1, compiled=True),
     "smoke": dict(reps={"digits_cnn": 4, "vgg16": 2}, vgg_width=0.125, fin_widths=(0.125,), fin_reps=1,
-                  upd_reps=2, mem_models=("digits_cnn",), mem_steps=1, mem_repeats=1),
+                  upd_reps=2, mem_models=("digits_cnn",), mem_steps=1, mem_repeats=1, compiled=False),
 }
 
 
@@ -65,62 +69,86 @@ def make_pruner(model, x, **kw):
     return SCAPruner(model, x[:2], pruning_ratio=0.5, regrow_ratio=0.1, ignored_layers=[model.classifier], **kw)
 
 
-def bench_train_step(name: str, width: float, reps: int, upd_reps: int) -> dict:
+def _copies(plain, x, y, compiled: bool):
+    """The interleaved variants: ``{key: (model, net or None, optimizer, pruner or None)}``."""
+    out = {}
+
+    def add(key, model, pruner=None, compiled=False):
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        model.train()
+        if pruner is not None:  # masks active from here on (the steady state of SCA training)
+            train_step(model, opt, x, y, pruner)
+            pruner.update_masks()
+        out[key] = (model, torch.compile(model, dynamic=False) if compiled else None, opt, pruner)
+
+    add("plain", plain)
+    add("sca", (m := copy.deepcopy(plain)), make_pruner(m, x))
+    trace = copy.deepcopy(plain)
+    trace_pruner = make_pruner(trace, x)
+    trace_pruner.importance.recorder.fused = False  # the statistics from the stored trace
+    add("sca_trace", trace, trace_pruner)
+    vseq = copy.deepcopy(plain)
+    for mod in vseq.modules():
+        if hasattr(mod, "store_v_seq"):
+            mod.store_v_seq = True
+    add("v_seq", vseq)
+    stats = copy.deepcopy(plain)
+    SCAImportance().attach(stats)
+    add("stats", stats)
+    if compiled:  # compiling takes minutes on a small CPU: not in the smoke profile
+        add("plain_compiled", copy.deepcopy(plain), compiled=True)
+        add("sca_compiled", (m := copy.deepcopy(plain)), make_pruner(m, x), compiled=True)
+    return out
+
+
+def bench_train_step(name: str, width: float, reps: int, upd_reps: int, compiled: bool = True) -> dict:
     plain, x, y = build(name, width)
-    sca_model = copy.deepcopy(plain)
-    pruner = make_pruner(sca_model, x)
-    opt_plain = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
-    opt_sca = torch.optim.SGD(sca_model.parameters(), lr=0.01, momentum=0.9)
-    # the cost split: membrane-trace storage alone, statistics hooks alone
-    vseq_model, stats_model = copy.deepcopy(plain), copy.deepcopy(plain)
-    for m in vseq_model.modules():
-        if hasattr(m, "store_v_seq"):
-            m.store_v_seq = True
-    SCAImportance().attach(stats_model)
-    opt_vseq = torch.optim.SGD(vseq_model.parameters(), lr=0.01, momentum=0.9)
-    opt_stats = torch.optim.SGD(stats_model.parameters(), lr=0.01, momentum=0.9)
-    plain.train(); sca_model.train(); vseq_model.train(); stats_model.train()
-    # masks active from here on (the steady state of SCA training)
-    train_step(sca_model, opt_sca, x, y, pruner)
-    pruner.update_masks()
+    variants = _copies(plain, x, y, compiled)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(x.shape, generator=g), torch.randint(0, 10, y.shape, generator=g)) for _ in range(4)]
-    it = {"plain": 0, "sca": 0, "v_seq": 0, "stats": 0}
+    it = dict.fromkeys(variants, 0)
 
-    def stepper(key, model, opt, pruner=None):
+    def stepper(key):
+        model, net, opt, pruner = variants[key]
+
         def step():
             bx, by = batches[it[key] % len(batches)]; it[key] += 1
-            train_step(model, opt, bx, by, pruner)
+            train_step(model, opt, bx, by, pruner, net)
         return step
 
-    step_sca = stepper("sca", sca_model, opt_sca, pruner)
-    times = common.interleave({"plain": stepper("plain", plain, opt_plain), "sca": step_sca,
-                               "v_seq": stepper("v_seq", vseq_model, opt_vseq),
-                               "stats": stepper("stats", stats_model, opt_stats)}, reps=reps, warmup=2)
-    plain_s, sca_s = common.summarize(times["plain"]), common.summarize(times["sca"])
-    vseq_s, stats_s = common.summarize(times["v_seq"]), common.summarize(times["stats"])
+    times = common.interleave({k: stepper(k) for k in variants}, reps=reps, warmup=2)
+    s = {k: common.summarize(v) for k, v in times.items()}
+    pruner = variants["sca"][3]
 
     # mask update: after one SCA step (statistics and BN gradients exist), time update_masks()
     upd = []
+    step_sca = stepper("sca")
     for _ in range(upd_reps):
         step_sca()
         upd.append(common.timed(pruner.update_masks))
     upd_s = common.summarize(upd)
     spe, spe_note = STEPS_PER_EPOCH[name]
-    epoch_s = spe * sca_s["median"]
-    return {
+    epoch_s = spe * s["sca"]["median"]
+    r = lambda a, b: common.ratio(s[a]["median"], s[b]["median"])  # noqa: E731
+    out = {
         "model": name, "width": width if name == "vgg16" else 1.0, "T": 4, "batch_shape": list(x.shape),
         "step_mode": "m", "pruned_fraction": pruner.sparsity(),
-        "plain_step_s": plain_s, "sca_step_s": sca_s,
-        "step_time_ratio": common.ratio(sca_s["median"], plain_s["median"]),
-        "store_v_seq_step_s": vseq_s, "stats_only_step_s": stats_s,
-        "store_v_seq_ratio": common.ratio(vseq_s["median"], plain_s["median"]),
-        "stats_only_ratio": common.ratio(stats_s["median"], plain_s["median"]),
+        "plain_step_s": s["plain"], "sca_step_s": s["sca"],
+        "step_time_ratio": r("sca", "plain"),
+        "sca_trace_step_s": s["sca_trace"], "sca_trace_ratio": r("sca_trace", "plain"),
+        "store_v_seq_step_s": s["v_seq"], "stats_only_step_s": s["stats"],
+        "store_v_seq_ratio": r("v_seq", "plain"),
+        "stats_only_ratio": r("stats", "plain"),
         "update_masks_s": upd_s,
         "steps_per_epoch": spe, "steps_per_epoch_assumption": spe_note,
         "epoch_equivalent_s": epoch_s,
         "update_masks_fraction_of_epoch": common.ratio(upd_s["median"], epoch_s),
     }
+    if compiled:
+        out.update({"plain_compiled_step_s": s["plain_compiled"], "sca_compiled_step_s": s["sca_compiled"],
+                    "compiled_step_time_ratio": r("sca_compiled", "plain_compiled"),
+                    "compiled_vs_eager_plain": r("plain_compiled", "plain")})
+    return out
 
 
 def bench_finalize(width: float, reps: int) -> dict:
@@ -146,7 +174,9 @@ def memory_child(name: str, width: float, variant: str, steps: int) -> dict:
     model, x, y = build(name, width)
     before = _status_kib("VmHWM")
     rss_before = _status_kib("VmRSS")
-    pruner = make_pruner(model, x) if variant == "sca" else None
+    pruner = make_pruner(model, x) if variant.startswith("sca") else None
+    if variant == "sca_trace":
+        pruner.importance.recorder.fused = False  # the statistics from the stored trace (before issue 14)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
     for i in range(steps + 1):
@@ -175,9 +205,9 @@ def _status_kib(key: str) -> int:
 
 
 def bench_memory(name: str, width: float, steps: int, repeats: int) -> dict:
-    runs = {"plain": [], "sca": []}
+    runs = {"plain": [], "sca": [], "sca_trace": []}
     for r in range(repeats):
-        for variant in (("plain", "sca") if r % 2 == 0 else ("sca", "plain")):
+        for variant in (("plain", "sca", "sca_trace") if r % 2 == 0 else ("sca_trace", "sca", "plain")):
             cmd = [sys.executable, __file__, "--_memory-child", name, str(width), variant, str(steps)]
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             runs[variant].append(json.loads(res.stdout.strip().splitlines()[-1]))
@@ -189,6 +219,8 @@ def bench_memory(name: str, width: float, steps: int, repeats: int) -> dict:
         "plain_peak_rss_mib": med["plain"] / 1024, "sca_peak_rss_mib": med["sca"] / 1024,
         "plain_rss_before_training_mib": base["plain"] / 1024, "sca_rss_before_training_mib": base["sca"] / 1024,
         "peak_rss_ratio": common.ratio(med["sca"], med["plain"]),
+        "sca_trace_peak_rss_mib": med["sca_trace"] / 1024,
+        "trace_peak_rss_ratio": common.ratio(med["sca_trace"], med["plain"]),
         "training_rss_increase_plain_mib": (med["plain"] - base["plain"]) / 1024,
         "training_rss_increase_sca_mib": (med["sca"] - base["sca"]) / 1024,
         "plain_rss_growth_mib": statistics.median(r["rss_after_training_kib"] - r["rss_before_training_kib"]
@@ -211,12 +243,26 @@ def markdown(data: dict) -> str:
                      f"{common.ms(q['median']):.2f} ({common.ms(q['iqr']):.2f})", f"{r['step_time_ratio']:.3f}"])
     s.append(common.md_table(["model", "batch", "reps", "plain ms median (IQR)", "SCA ms median (IQR)",
                               "SCA / plain"], rows))
-    s.append("\nWhere the extra time goes (same interleaved run; ratios to the plain step): the neurons storing "
-             "their membrane trace (`store_v_seq=True`, needed for the statistics in multi-step mode), the SCA "
-             "statistics hooks alone (trace + reduction, no masks / regrowth hooks / regularize), and full SCA.\n\n")
-    rows = [[f"{r['model']} w{r['width']:g}", f"{r['store_v_seq_ratio']:.3f}", f"{r['stats_only_ratio']:.3f}",
-             f"{r['step_time_ratio']:.3f}"] for r in data["train_step"] if "store_v_seq_ratio" in r]
-    s.append(common.md_table(["model", "store_v_seq / plain", "statistics hooks / plain", "full SCA / plain"], rows))
+    s.append("\nWhere the time goes (same interleaved run; ratios to the plain eager step): full SCA with the "
+             "statistics fused into a step-by-step replay (the default) and with the statistics read from the "
+             "stored membrane trace (`recorder.fused = False`, the way before issue 14); plain training with the "
+             "neurons storing their trace (`store_v_seq=True`); plain training with only the fused statistics hooks "
+             "(no masks / regrowth hooks / regularize). The rest of full SCA is the channel masks, the regrowth "
+             "hooks and `regularize`.\n\n")
+    rows = [[f"{r['model']} w{r['width']:g}", f"{r['step_time_ratio']:.3f}", f"{r['sca_trace_ratio']:.3f}",
+             f"{r['store_v_seq_ratio']:.3f}", f"{r['stats_only_ratio']:.3f}"]
+            for r in data["train_step"] if "sca_trace_ratio" in r]
+    s.append(common.md_table(["model", "SCA fused / plain", "SCA trace / plain", "store_v_seq / plain",
+                              "fused statistics hooks / plain"], rows))
+    compiled_rows = [r for r in data["train_step"] if "compiled_step_time_ratio" in r]
+    if compiled_rows:
+        s.append("\nCompiled (`torch.compile(model, dynamic=False)` of the training forward, as `sca-prune train "
+                 "--compile`; same interleaved run, compiled during the warm-up):\n\n")
+        rows = [[f"{r['model']} w{r['width']:g}", f"{common.ms(r['plain_compiled_step_s']['median']):.2f}",
+                 f"{common.ms(r['sca_compiled_step_s']['median']):.2f}", f"{r['compiled_step_time_ratio']:.3f}",
+                 f"{r['compiled_vs_eager_plain']:.3f}"] for r in compiled_rows]
+        s.append(common.md_table(["model", "plain compiled ms", "SCA compiled ms", "SCA / plain (compiled)",
+                                  "plain compiled / plain eager"], rows))
     s.append("\n## Mask update vs epoch-equivalent\n\n")
     rows = [[f"{r['model']} w{r['width']:g}", f"{common.ms(r['update_masks_s']['median']):.2f}",
              f"{r['steps_per_epoch']} ({r['steps_per_epoch_assumption']})", f"{r['epoch_equivalent_s']:.2f}",
@@ -231,10 +277,12 @@ def markdown(data: dict) -> str:
     s.append("\n## Peak memory (VmHWM = peak RSS of a fresh subprocess per variant)\n\n")
     rows = [[f"{r['model']} w{r['width']:g}", r["steps"], f"{r['plain_peak_rss_mib']:.1f}",
              f"{r['sca_peak_rss_mib']:.1f}", f"{r['peak_rss_ratio']:.3f}",
+             f"{r.get('trace_peak_rss_ratio', float('nan')):.3f}",
              f"{r['training_rss_increase_plain_mib']:.1f}", f"{r['training_rss_increase_sca_mib']:.1f}",
              f"{r['plain_rss_growth_mib']:.1f}", f"{r['sca_rss_growth_mib']:.1f}"]
             for r in data["memory"]]
     s.append(common.md_table(["model", "train steps", "plain peak MiB", "SCA peak MiB", "SCA / plain",
+                              "SCA trace / plain",
                               "plain: peak growth MiB", "SCA: peak growth MiB",
                               "plain: VmRSS growth MiB", "SCA: VmRSS growth MiB"], rows))
     s.append("\nPeak RSS includes the interpreter, torch and the libraries (~hundreds of MiB), so the ratio "
@@ -263,7 +311,7 @@ def main(argv=None) -> dict:
     data = {"benchmark": "overhead", "profile": profile, "machine": common.machine_info("cpu"),
             "train_step": [], "finalize": [], "memory": []}
     for name in ("digits_cnn", "vgg16"):
-        r = bench_train_step(name, cfg["vgg_width"], cfg["reps"][name], cfg["upd_reps"])
+        r = bench_train_step(name, cfg["vgg_width"], cfg["reps"][name], cfg["upd_reps"], cfg["compiled"])
         data["train_step"].append(r)
         print(f"[overhead] {name}: SCA/plain step {r['step_time_ratio']:.3f}", flush=True)
     for w in cfg["fin_widths"]:

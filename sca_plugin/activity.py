@@ -27,9 +27,9 @@ The statistics are then fused into a step-by-step replay wherever that reproduce
 emitted spikes and the initial potential with the registered charge function and SpikingJelly's
 reset (the neuron's own recursion), one time step at a time, and each step's activity is added into
 a running ``[B, C, ...]`` sum. The ``[T, B, C, ...]`` potential sequence is never materialised and
-the neuron keeps running its fast path (``store_v_seq`` stays False), which is what made the
-statistics cost 15-25 % of a training step before (SpikingJelly stacking ``v_seq``, then three
-tensor-sized temporaries for the reduction). Other neurons give their sequence per forward from
+the neuron keeps running its fast path (``store_v_seq`` stays False). Reading the trace instead
+cost 5-15 % of a CPU training step on the benchmark nets (SpikingJelly stacking ``v_seq``, then
+tensor-sized temporaries for the reduction, each a fresh allocation on CPU). Other neurons give their sequence per forward from
 ``v_seq`` (``store_v_seq`` switched on for that forward: every other ``BaseNode``) or from
 ``state_seqs[0]`` (``ComplementaryLIFNode``'s ``store_state_seqs``) -- the "trace" path. The replay
 of the fused-kernel neurons runs on CPU float32 inputs with SpikingJelly's default precision; on a
