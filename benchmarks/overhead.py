@@ -15,13 +15,19 @@
 * peak resident memory (VmHWM from /proc/self/status) of a fresh subprocess per variant (plain / SCA /
   SCA with the trace statistics).
 
-``OMP_NUM_THREADS=1 python benchmarks/overhead.py [--quick|--smoke] [--out benchmarks/results]``
+Step times are wall-clock (``time.perf_counter``) by default; ``--cpu-time`` times each call by the
+CPU time of the calling thread (``time.thread_time``) instead, which the other processes of a loaded
+machine inflate much less (with one torch thread the step runs on that thread; use it with
+``OMP_NUM_THREADS=1``). The load average at the start and the end of the run is recorded.
+
+``OMP_NUM_THREADS=1 python benchmarks/overhead.py [--quick|--smoke] [--cpu-time] [--out benchmarks/results]``
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -65,6 +71,30 @@ def build(name: str, width: float):
     return model, x, y
 
 
+def wall_timed(fn) -> float:
+    return common.timed(fn)
+
+
+def thread_cpu_timed(fn) -> float:
+    """CPU seconds of this thread during ``fn()`` (one torch thread: the whole step's compute)."""
+    t = time.thread_time()
+    fn()
+    return time.thread_time() - t
+
+
+def interleave(fns, reps: int, warmup: int, timer=wall_timed) -> dict:
+    """:func:`common.interleave` (A B A B ..., the order alternating between rounds) with ``timer``."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times = {n: [] for n in names}
+    for r in range(reps):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            times[n].append(timer(fns[n]))
+    return times
+
+
 def make_pruner(model, x, **kw):
     return SCAPruner(model, x[:2], pruning_ratio=0.5, regrow_ratio=0.1, ignored_layers=[model.classifier], **kw)
 
@@ -101,7 +131,8 @@ def _copies(plain, x, y, compiled: bool):
     return out
 
 
-def bench_train_step(name: str, width: float, reps: int, upd_reps: int, compiled: bool = True) -> dict:
+def bench_train_step(name: str, width: float, reps: int, upd_reps: int, compiled: bool = True,
+                     timer=wall_timed) -> dict:
     plain, x, y = build(name, width)
     variants = _copies(plain, x, y, compiled)
     g = torch.Generator().manual_seed(1)
@@ -116,7 +147,7 @@ def bench_train_step(name: str, width: float, reps: int, upd_reps: int, compiled
             train_step(model, opt, bx, by, pruner, net)
         return step
 
-    times = common.interleave({k: stepper(k) for k in variants}, reps=reps, warmup=2)
+    times = interleave({k: stepper(k) for k in variants}, reps=reps, warmup=2, timer=timer)
     s = {k: common.summarize(v) for k, v in times.items()}
     pruner = variants["sca"][3]
 
@@ -125,7 +156,7 @@ def bench_train_step(name: str, width: float, reps: int, upd_reps: int, compiled
     step_sca = stepper("sca")
     for _ in range(upd_reps):
         step_sca()
-        upd.append(common.timed(pruner.update_masks))
+        upd.append(timer(pruner.update_masks))
     upd_s = common.summarize(upd)
     spe, spe_note = STEPS_PER_EPOCH[name]
     epoch_s = spe * s["sca"]["median"]
@@ -232,9 +263,24 @@ def bench_memory(name: str, width: float, steps: int, repeats: int) -> dict:
 
 
 # --------------------------------------------------------------------------- report
+def _conditions_md(data: dict) -> str:
+    """The timer and the machine's load average (1/5/15 min) at the start and the end of the run."""
+    timer = data.get("timer", "wall")
+    what = ("thread CPU time (`--cpu-time`)" if timer == "thread_cpu" else "wall-clock time")
+    load = [data.get("load_average_start"), data.get("load_average_end")]
+    if not all(load):
+        return f"Step times: {what}.\n"
+    fmt = lambda la: "/".join(f"{v:.2f}" for v in la)  # noqa: E731
+    busy = max(load[0][0], load[1][0]) > 0.5 * (data["machine"].get("cpu_affinity") or data["machine"]["cpu_cores"])
+    return (f"Step times: {what}. Load average (1/5/15 min) {fmt(load[0])} at the start, {fmt(load[1])} at the end"
+            + (": the machine was loaded by other processes, so the numbers are noisier than on an idle one.\n"
+               if busy else ".\n"))
+
+
 def markdown(data: dict) -> str:
     info = data["machine"]
-    s = [f"# SCA overhead ({data['profile']})\n\n", common.machine_md(info), "\n## Training step (interleaved A/B)\n\n"]
+    s = [f"# SCA overhead ({data['profile']})\n\n", common.machine_md(info), _conditions_md(data),
+         "\n## Training step (interleaved A/B)\n\n"]
     rows = []
     for r in data["train_step"]:
         p, q = r["plain_step_s"], r["sca_step_s"]
@@ -298,6 +344,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (< ~60 s)")
     ap.add_argument("--smoke", action="store_true", help="tiny run for the test suite (schema only)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time the training steps and mask updates by the thread's CPU time (for a loaded machine)")
     ap.add_argument("--out", default=str(common.REPO_ROOT / "benchmarks" / "results"))
     ap.add_argument("--_memory-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -309,9 +357,11 @@ def main(argv=None) -> dict:
     cfg = PROFILES[profile]
     t0 = time.perf_counter()
     data = {"benchmark": "overhead", "profile": profile, "machine": common.machine_info("cpu"),
+            "timer": "thread_cpu" if args.cpu_time else "wall", "load_average_start": list(os.getloadavg()),
             "train_step": [], "finalize": [], "memory": []}
+    timer = thread_cpu_timed if args.cpu_time else wall_timed
     for name in ("digits_cnn", "vgg16"):
-        r = bench_train_step(name, cfg["vgg_width"], cfg["reps"][name], cfg["upd_reps"], cfg["compiled"])
+        r = bench_train_step(name, cfg["vgg_width"], cfg["reps"][name], cfg["upd_reps"], cfg["compiled"], timer)
         data["train_step"].append(r)
         print(f"[overhead] {name}: SCA/plain step {r['step_time_ratio']:.3f}", flush=True)
     for w in cfg["fin_widths"]:
@@ -322,6 +372,7 @@ def main(argv=None) -> dict:
         data["memory"].append(bench_memory(name, cfg["vgg_width"], cfg["mem_steps"], cfg["mem_repeats"]))
         print(f"[overhead] memory {name}: SCA/plain peak RSS {data['memory'][-1]['peak_rss_ratio']:.3f}", flush=True)
     data["wall_time_s"] = time.perf_counter() - t0
+    data["load_average_end"] = list(os.getloadavg())
     md = markdown(data)
     paths = common.write_results(args.out, "overhead", data, md)
     print(md)

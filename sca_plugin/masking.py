@@ -34,15 +34,27 @@ MASKINGS = ("reset", "reset-filters", "soft", "mask")
 
 
 class StraightThroughMask(torch.autograd.Function):
-    """Forward ``y * mask``; backward passes the gradient through unchanged."""
+    """Forward ``y * mask``; backward ``grad`` unchanged, or ``grad * grad_scale`` when given.
+
+    One tensor-sized multiply each way: the channel masks of a training step cost no more than
+    that. ``grad_scale`` (broadcast like ``mask``) is what :class:`ChannelMasker` precomputes as
+    ``mask + (1 - mask) * through``: ones for a straight-through gradient, the mask itself for an
+    exact one. It is saved for backward (the mask is not needed there), so changing it in place
+    between a forward and its backward is an error rather than a silently different gradient."""
 
     @staticmethod
-    def forward(ctx, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, y: torch.Tensor, mask: torch.Tensor, grad_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if grad_scale is not None:
+            ctx.save_for_backward(grad_scale)
+        ctx.scaled = grad_scale is not None
         return y * mask
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad, None
+        if not ctx.scaled:
+            return grad, None, None
+        (grad_scale,) = ctx.saved_tensors
+        return grad * grad_scale, None, None
 
 
 def output_channel_dim(module: nn.Module) -> int:
@@ -61,15 +73,23 @@ class ChannelMasker:
     parameters keep a training signal, the regrowth criterion reads it); ``False`` is an exact
     mask (what training the physically pruned network does), for a structure that no longer changes.
 
+    Each masked layer keeps two float tensors: the mask and the gradient factor
+    ``mask + (1 - mask) * through`` (``through`` is 1.0 for the straight-through gradient, 0.0 for
+    the exact one), both set whenever the mask or :attr:`straight_through` changes. The hook is
+    then one :class:`StraightThroughMask` (one multiply forward, one backward; none backward in
+    eager mode while straight-through, where the factor is all ones) instead of the
+    ``y * mask + (y - y.detach()) * ((1 - mask) * through)`` it replaces, with the same values and
+    gradients (``tests/test_mask_gradients.py``).
+
     Everything that changes during training is a tensor changed in place (the masks and the
-    straight-through switch), and the hook set only grows when a layer is first masked: a
+    gradient factors), and the hook set only grows when a layer is first masked: a
     ``torch.compile``'d forward, which does not guard on module hooks, then computes the same as
     eager mode (install every mask, all ones, before the first compiled call).
     """
 
     def __init__(self, straight_through: bool = True) -> None:
         self.masks: Dict[nn.Module, Optional[torch.Tensor]] = {}
-        self._through: Dict[nn.Module, torch.Tensor] = {}  # 1.0: straight-through gradient, 0.0: exact
+        self._grad_scales: Dict[nn.Module, torch.Tensor] = {}  # mask + (1 - mask) * through, per layer
         self._straight_through = bool(straight_through)
         self._handles: List = []
 
@@ -80,8 +100,15 @@ class ChannelMasker:
     @straight_through.setter
     def straight_through(self, value: bool) -> None:
         self._straight_through = bool(value)
-        for flag in self._through.values():
-            flag.fill_(1.0 if self._straight_through else 0.0)
+        for module, scale in self._grad_scales.items():
+            self._set_grad_scale(scale, self.masks[module])
+
+    def _set_grad_scale(self, scale: torch.Tensor, mask: torch.Tensor) -> None:
+        """``scale[:] = mask + (1 - mask) * through`` in place: all ones (straight-through) or the mask."""
+        if self._straight_through:
+            scale.fill_(1.0)
+        else:
+            scale.copy_(mask)
 
     def set_mask(self, module: nn.Module, keep: torch.Tensor) -> None:
         """Mask ``module``'s output channels where ``keep`` is False (a bool vector)."""
@@ -90,11 +117,11 @@ class ChannelMasker:
         current = self.masks.get(module)
         if current is not None and current.shape == keep.shape and current.device == keep.device:
             current.copy_(keep)  # in place: a torch.compile'd forward keeps its graph
+            self._set_grad_scale(self._grad_scales[module], current)
         else:
-            self.masks[module] = keep.float()
-        flag = self._through.get(module)
-        if flag is None or flag.device != keep.device:
-            self._through[module] = torch.full((), 1.0 if self._straight_through else 0.0, device=keep.device)
+            self.masks[module] = mask = keep.float()
+            self._grad_scales[module] = scale = torch.empty_like(mask)
+            self._set_grad_scale(scale, mask)
 
     def _hook(self, module: nn.Module, args, output):
         keep = self.masks.get(module)
@@ -104,17 +131,21 @@ class ChannelMasker:
         shape = [1] * output.dim()
         shape[dim] = -1
         mask = keep.to(device=output.device, dtype=output.dtype).view(shape)
-        through = self._through[module].to(device=output.device, dtype=output.dtype)
-        # value: output * mask exactly (the second term is zero); gradient: mask + (1 - mask) * through,
-        # i.e. straight-through (1) or exact (mask), switched by a tensor rather than by Python control flow
-        return output * mask + (output - output.detach()) * ((1.0 - mask) * through)
+        if not torch.compiler.is_compiling() and self._straight_through:
+            # eager straight-through: the factor is all ones, and grad * 1 is grad bit for bit
+            return StraightThroughMask.apply(output, mask)
+        # value: output * mask; gradient: grad * (mask + (1 - mask) * through), i.e. straight-through
+        # (ones) or exact (the mask), switched by a tensor rather than by Python control flow: a
+        # compiled graph reads the factor, which changes in place with the switch
+        scale = self._grad_scales[module].to(device=output.device, dtype=output.dtype).view(shape)
+        return StraightThroughMask.apply(output, mask, scale)
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
         self.masks.clear()
-        self._through.clear()
+        self._grad_scales.clear()
 
 
 def out_channels(module: nn.Module) -> int:
