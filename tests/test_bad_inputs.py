@@ -23,7 +23,7 @@ from spikingjelly.activation_based import layer, neuron
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tests.helpers import assert_unchanged, snapshot, train_steps  # noqa: E402
 
-from sca_plugin import SCAImportance, SCAPruner, SDSNNPruner  # noqa: E402
+from sca_plugin import SCAImportance, SCAPruner, SDSNNPruner, optimize_for_inference  # noqa: E402
 from sca_plugin.cli import main as cli  # noqa: E402
 from sca_plugin.models import digits_cnn  # noqa: E402
 
@@ -225,6 +225,10 @@ CASES: List[Case] = [
     Case("regrow-above-ratio", "regrowing more than is pruned", "SCAPruner(model, x, pruning_ratio=0.2, regrow_ratio=0.3)",
          _api(lambda m: lambda: SCAPruner(m, X, pruning_ratio=0.2, regrow_ratio=0.3, ignored_layers=[m.classifier])),
          ValueError),
+    Case("regrow-of-kept-above-ratio", "regrowing more than is pruned, counted against the kept channels",
+         "SCAPruner(model, x, pruning_ratio=0.3, regrow_ratio=0.5, regrow_relative_to='kept')",
+         _api(lambda m: lambda: SCAPruner(m, X, pruning_ratio=0.3, regrow_ratio=0.5, regrow_relative_to="kept",
+                                          ignored_layers=[m.classifier])), ValueError),
     Case("no-batchnorm-for-regrowth", "a conv without a following BatchNorm while regrowth ranks by its gradient",
          "SCAPruner(conv_if_net, x, regrow_ratio=0.1)", _other_model(
              NoBatchNormSNN, lambda m: lambda: SCAPruner(m, torch.rand(2, 1, 8, 8), regrow_ratio=0.1,
@@ -315,6 +319,13 @@ CASES: List[Case] = [
     Case("cli-eval-module-missing", "evaluating a run whose model module is not importable here",
          "sca-prune eval RUN  # RUN's model class is in gone_models.py, which is not here",
          _cli(lambda t: ["eval", str(_run_of_a_missing_module(t))], lambda t: [t / "run" / "model.pt"]), SystemExit),
+    Case("inference-unfinalized", "the inference path on a model an unfinalized pruner still masks",
+         "optimize_for_inference(model, x)  # pruner.update_masks() ran, finalize() did not", _api(
+             lambda m: (lambda p: (p.update_masks(), lambda: optimize_for_inference(m, X))[1])(_trained_pruner(m))),
+         ValueError),
+    Case("inference-input-shape", "the inference path with example inputs the model cannot take",
+         "optimize_for_inference(model, torch.rand(2, 4, 3, 8, 8))  # model takes 1 channel", _api(
+             lambda m: lambda: optimize_for_inference(m, torch.rand(2, 4, 3, 8, 8))), ValueError),
 ]
 
 
@@ -351,7 +362,7 @@ def render(rows: List[Tuple[Case, str]]) -> str:
         "(message verbatim, first line; `<tmp>` is the test's folder) and that the model (parameters,",
         "buffers, train/eval mode, hooks, parameter objects) and the files involved are unchanged. API",
         "errors are raised before anything is modified; the CLI prints one line and exits with status 2.",
-        "Regenerate this page with `python tests/test_bad_inputs.py`.",
+        "Regenerate this page with `PYTHONPATH=. python tests/test_bad_inputs.py`.",
         "",
         "| # | misuse | call | error |",
         "|---|---|---|---|",
