@@ -49,8 +49,8 @@ import torch.nn as nn
 from spikingjelly.activation_based import neuron as sj_neuron
 
 from .collectors import StatisticsCollector
-from .neurons import (add_prune_listener, charge_function_for, is_spiking_neuron, neuron_channel_dim, remove_prune_listener,
-                      unsupported_reason)
+from .neurons import (_if_charge, _lif_charge, _plif_charge, add_prune_listener, charge_function_for, is_spiking_neuron,
+                      neuron_channel_dim, remove_prune_listener, unsupported_reason)
 
 __all__ = ["DEFINITIONS", "MembraneActivityRecorder", "potential_sequence_source"]
 
@@ -67,6 +67,8 @@ _REPLAY_METHODS = ("forward", "single_step_forward", "multi_step_forward", "neur
 #: SpikingJelly neurons whose multi-step kernels compute exactly ``H = charge(X, V[t-1])`` and then
 #: SpikingJelly's hard/soft reset (checked against ``v_seq`` in tests/test_fused_statistics.py)
 _FUSED_KERNEL_CLASSES = (sj_neuron.IFNode, sj_neuron.LIFNode, sj_neuron.ParametricLIFNode)
+#: charge functions that return a new tensor (never their input): the replay resets their result in place
+_FRESH_RESULT_CHARGES = (_if_charge, _lif_charge, _plif_charge)
 
 
 def _charge_class(module: nn.Module) -> Optional[type]:
@@ -140,26 +142,38 @@ def _reset_like_spikingjelly(module: nn.Module, h: torch.Tensor, spike: torch.Te
     return spike * module.v_reset + (1.0 - spike) * h
 
 
-def _reset_step(module: nn.Module, h: torch.Tensor, spike: torch.Tensor) -> torch.Tensor:
-    """:func:`_reset_like_spikingjelly` with fewer temporaries and the same values: the products of
-    a spike (0 or 1) with the threshold or the reset potential are exact, so only the order of the
-    exact terms changes (hard reset to 0 adds nothing but the sign of a zero)."""
-    if not all(isinstance(a, (int, float)) for a in (module.v_threshold, module.v_reset or 0.0)):
-        return _reset_like_spikingjelly(module, h, spike)
+def _numeric_reset(module: nn.Module) -> bool:
+    """Threshold and reset potential are Python numbers (the in-place reset below applies)."""
+    return all(isinstance(a, (int, float)) for a in (module.v_threshold, module.v_reset or 0.0))
+
+
+def _reset_(module: nn.Module, h: torch.Tensor, spike: torch.Tensor) -> torch.Tensor:
+    """:func:`_reset_like_spikingjelly` in place on ``h`` (a tensor the replay owns), for numeric
+    threshold and reset, with the same values: the products of a spike (0 or 1) with ``h``, the
+    threshold or the reset potential are exact, so ``h - h * spike`` is ``(1 - spike) * h`` and only
+    the order of exact terms changes (nothing but the sign of a zero, which ``|.|`` and the next
+    charge do not see). In place because fresh tensor-sized temporaries are what the replay cost on CPU."""
     if module.v_reset is None:
-        return torch.sub(h, spike, alpha=module.v_threshold)
-    v = torch.sub(1.0, spike).mul_(h)
-    return v if module.v_reset == 0.0 else v.add_(spike, alpha=module.v_reset)
+        return h.sub_(spike, alpha=module.v_threshold)
+    h.addcmul_(h, spike, value=-1.0)
+    return h if module.v_reset == 0.0 else h.add_(spike, alpha=module.v_reset)
+
+
+def _initial_state(module: nn.Module, v, x0: torch.Tensor):
+    """The potential the neuron starts this forward from, as a float where SpikingJelly would fill
+    a tensor with one (a float state; for a ``BaseNode`` a tensor of another shape, re-initialised to
+    ``v_reset``), else the tensor itself (detached; the replay never writes into it)."""
+    if not isinstance(v, torch.Tensor):
+        return float(v)
+    if isinstance(module, sj_neuron.BaseNode) and v.shape != x0.shape:
+        return 0.0 if module.v_reset is None else float(module.v_reset)
+    return v.detach()
 
 
 def _initial_potential(module: nn.Module, v, x0: torch.Tensor) -> torch.Tensor:
-    """The potential the neuron starts this forward from, as SpikingJelly materialises it: a float
-    state filled out, and for a ``BaseNode`` a tensor of another shape re-initialised to ``v_reset``."""
-    if not isinstance(v, torch.Tensor):
-        return torch.full_like(x0, float(v))
-    if isinstance(module, sj_neuron.BaseNode) and v.shape != x0.shape:
-        return torch.full_like(x0, 0.0 if module.v_reset is None else float(module.v_reset))
-    return v.detach()
+    """:func:`_initial_state` as a tensor, materialised the way SpikingJelly does it."""
+    v = _initial_state(module, v, x0)
+    return torch.full_like(x0, v) if isinstance(v, float) else v
 
 
 class MembraneActivityRecorder(StatisticsCollector):
@@ -323,22 +337,37 @@ class MembraneActivityRecorder(StatisticsCollector):
                 "ignores the flag; keep the flag's behaviour in the subclass, or run the neuron in single-step mode")
         return v
 
-    def _replayed_activity(self, module: nn.Module, x: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
-        """The activity of a multi-step forward summed over its time steps (``[B, C, ...]``), by
-        replaying the neuron's recursion one step at a time: ``H[t] = charge(X[t], V[t-1])``,
-        ``V[t] = reset(H[t], S[t])`` with the spikes ``S`` the neuron emitted. Only step-sized
-        temporaries (two buffers reused across the steps); the potential sequence is never stacked."""
-        v = _initial_potential(module, self._v_prev.pop(module), x[0])
+    def _replayed_channel_sum(self, module: nn.Module, x: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
+        """The activity of a multi-step forward summed per channel (float32 ``[C]``), by replaying the
+        neuron's recursion one step at a time: ``H[t] = charge(X[t], V[t-1])``, ``V[t] = reset(H[t], S[t])``
+        with the spikes ``S`` the neuron emitted; each step's activity goes into a running ``[B, C, ...]``
+        sum, reduced once at the end. Every op is in place on three step-sized buffers (the potential,
+        the activity, the running sum; IF's charge ``V[t-1] + X[t]`` is an in-place add, the built-in
+        charges give fresh tensors that are reset in place): on CPU the replay is bound by memory
+        traffic and fresh tensor-sized temporaries, so fewer passes and no allocations per step are
+        what make it cheaper. The potential sequence is never stacked."""
+        x, spikes = x.detach(), spikes.detach()
+        l1 = self.definition == "membrane_l1"
         charge = charge_function_for(module)
-        total, act = torch.zeros_like(v), torch.empty_like(v)
-        for x_t, s_t in zip(x.detach(), spikes.detach()):
-            h = charge(module, x_t, v)
-            v = _reset_step(module, h, s_t)
-            if self.definition == "membrane_l1":
-                total.add_(torch.abs(h, out=act))
+        owned = charge in _FRESH_RESULT_CHARGES and _numeric_reset(module)  # the reset can work in place on H
+        add_in_place = owned and charge is _if_charge
+        v = _initial_state(module, self._v_prev.pop(module), x[0])
+        if not add_in_place and isinstance(v, float):
+            v = torch.full_like(x[0], v)
+        total, act = torch.empty_like(x[0]), torch.empty_like(x[0])
+        for t in range(x.shape[0]):
+            if add_in_place:  # H = V[t-1] + X[t]; a fresh tensor (this replay's own) at t = 0
+                h = torch.add(x[0], v) if t == 0 else v.add_(x[t])
             else:
-                total.add_(torch.abs(v, out=act).add_(s_t))
-        return total
+                h = charge(module, x[t], v)
+            if l1:
+                torch.abs(h, out=total if t == 0 else act)
+            v = _reset_(module, h, spikes[t]) if owned else _reset_like_spikingjelly(module, h, spikes[t])
+            if not l1:
+                torch.abs(v, out=total if t == 0 else act).add_(spikes[t])  # S[t] + |V[t]|
+            if t:
+                total.add_(act)
+        return total.sum(dim=[d for d in range(total.dim()) if d != 1], dtype=torch.float32)
 
     def _activity(self, module: nn.Module, source: Optional[str], x: torch.Tensor, spikes: torch.Tensor):
         """The activity of this forward (``[T, B, C, ...]``, or ``[B, C, ...]`` in single-step mode)
@@ -357,12 +386,13 @@ class MembraneActivityRecorder(StatisticsCollector):
         x, spikes = args[0], _first(output)
         source = self._sources.pop(module, None)
         with torch.no_grad():
-            if source == "replay":
-                act, steps, dim = self._replayed_activity(module, x, spikes), x.shape[0], 1
+            if source == "replay":  # already reduced per channel
+                channel_sum, count = self._replayed_channel_sum(module, x, spikes), x.numel() // x.shape[2]
             else:
-                act, steps, dim = self._activity(module, source, x, spikes), 1, neuron_channel_dim(module)
-            channel_sum = act.sum(dim=[d for d in range(act.dim()) if d != dim], dtype=torch.float32)
-            self._accumulate(module, channel_sum, steps * (act.numel() // act.shape[dim]))
+                act, dim = self._activity(module, source, x, spikes), neuron_channel_dim(module)
+                channel_sum = act.sum(dim=[d for d in range(act.dim()) if d != dim], dtype=torch.float32)
+                count = act.numel() // act.shape[dim]
+            self._accumulate(module, channel_sum, count)
 
     def _accumulate(self, module: nn.Module, channel_sum: torch.Tensor, count: int) -> None:
         """Add one forward's per-channel sum and its number of values to the running statistics."""

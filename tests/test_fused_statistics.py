@@ -97,12 +97,47 @@ def test_fused_scores_equal_the_trace_scores(name, make, mode, definition):
 
 
 @pytest.mark.parametrize("definition", ["spike_plus_v", "membrane_l1"])
-def test_replay_starts_from_the_carried_potential(definition):
-    """No reset between forwards: the replay starts from the potential the neuron kept."""
-    make = NEURONS[3][1]
+@pytest.mark.parametrize("index", [0, 1, 2, 3], ids=[NEURONS[i][0] for i in range(4)])
+def test_replay_starts_from_the_carried_potential(definition, index):
+    """No reset between forwards: the replay starts from the potential the neuron kept (IF: the
+    in-place charge starts from a tensor, hard and soft reset; LIF: the built-in charge)."""
+    make = NEURONS[index][1]
     v0 = _x(seed=3)[0] * 0.4
     torch.testing.assert_close(_new_scores(make, _x(), definition, "m", v0=v0),
                                _old_scores(make, _x(), definition, v0=v0), rtol=1e-6, atol=1e-6)
+
+
+class _InputIsPotentialIF(neuron.SimpleIFNode):
+    """A registered charge that returns its input tensor itself (H = X): the replay must not reset
+    it in place."""
+
+
+@pytest.mark.parametrize("definition", ["spike_plus_v", "membrane_l1"])
+@pytest.mark.parametrize("kind", ["IF", "IF-soft", "LIF", "input-as-potential"])
+def test_replay_writes_into_nothing_of_the_forward(kind, definition):
+    """The replay works in place on its own buffers only: the neuron's input, its output spikes and
+    the carried potential it started from are unchanged, and the spikes are those of the same
+    neuron without the recorder."""
+    from sca_plugin import neurons as sca_neurons
+
+    makes = {"IF": NEURONS[0][1], "IF-soft": NEURONS[1][1], "LIF": NEURONS[3][1],
+             "input-as-potential": lambda **k: _InputIsPotentialIF(**k)}
+    sca_neurons.register_charge_function(_InputIsPotentialIF, lambda m, x, v: x)
+    try:
+        bare, sn = makes[kind](step_mode="m"), makes[kind](step_mode="m")
+        rec = MembraneActivityRecorder(definition).attach(nn.Sequential(sn))
+        assert potential_sequence_source(sn) == "replay"
+        v0 = _x(seed=5)[0] * 0.3
+        bare.v, sn.v = v0.clone(), v0
+        x_seq = _x(seed=6)
+        x_in = x_seq.clone().requires_grad_(True)
+        out = sn(x_in)
+        out.sum().backward()  # autograd's saved tensors were not modified in place
+        assert torch.equal(x_in.detach(), x_seq) and torch.equal(v0, _x(seed=5)[0] * 0.3)
+        assert torch.equal(out.detach(), bare(x_seq.clone()).detach())
+        assert rec.score(sn) is not None and torch.isfinite(rec.score(sn)).all()
+    finally:
+        del sca_neurons._CHARGE_FUNCTIONS[_InputIsPotentialIF]
 
 
 def test_stale_potential_is_reinitialised_like_spikingjelly():
