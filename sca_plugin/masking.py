@@ -123,21 +123,25 @@ class ChannelMasker:
             self._grad_scales[module] = scale = torch.empty_like(mask)
             self._set_grad_scale(scale, mask)
 
+    @staticmethod
+    def channel_view(module: nn.Module, output: torch.Tensor, per_channel: torch.Tensor) -> torch.Tensor:
+        """``per_channel`` (one value per output channel of ``module``) shaped to broadcast over ``output``."""
+        shape = [1] * output.dim()
+        shape[output_channel_dim(module) % output.dim()] = -1
+        return per_channel.to(device=output.device, dtype=output.dtype).view(shape)
+
     def _hook(self, module: nn.Module, args, output):
         keep = self.masks.get(module)
         if keep is None:
             return None
-        dim = output_channel_dim(module) % output.dim()
-        shape = [1] * output.dim()
-        shape[dim] = -1
-        mask = keep.to(device=output.device, dtype=output.dtype).view(shape)
+        mask = self.channel_view(module, output, keep)
         if not torch.compiler.is_compiling() and self._straight_through:
             # eager straight-through: the factor is all ones, and grad * 1 is grad bit for bit
             return StraightThroughMask.apply(output, mask)
         # value: output * mask; gradient: grad * (mask + (1 - mask) * through), i.e. straight-through
         # (ones) or exact (the mask), switched by a tensor rather than by Python control flow: a
         # compiled graph reads the factor, which changes in place with the switch
-        scale = self._grad_scales[module].to(device=output.device, dtype=output.dtype).view(shape)
+        scale = self.channel_view(module, output, self._grad_scales[module])
         return StraightThroughMask.apply(output, mask, scale)
 
     def remove(self) -> None:

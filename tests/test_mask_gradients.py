@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
-from sca_plugin.masking import ChannelMasker, StraightThroughMask, out_channels, output_channel_dim
+from sca_plugin.masking import ChannelMasker, StraightThroughMask, out_channels
 from sca_plugin.models import digits_cnn
 
 
@@ -34,10 +34,7 @@ class OldFormulaMasker(ChannelMasker):
         keep = self.masks.get(module)
         if keep is None:
             return None
-        dim = output_channel_dim(module) % output.dim()
-        shape = [1] * output.dim()
-        shape[dim] = -1
-        mask = keep.to(device=output.device, dtype=output.dtype).view(shape)
+        mask = self.channel_view(module, output, keep)
         through = self.through.to(device=output.device, dtype=output.dtype)
         return output * mask + (output - output.detach()) * ((1.0 - mask) * through)
 
