@@ -22,7 +22,7 @@ from .importance import SCAImportance
 from .masking import MASKINGS
 from .regrowth import REGROW_SIGNALS, GradientMagnitudes
 from .schedule import REGROW_DECAYS, SCHEDULES, regrow_at, sparsity_at
-from .selection import MODES, REGROW_BASES, RankingScope, Selection, regrow_fraction, select_in_scopes
+from .selection import MODES, REGROW_BASES, RankingScope, Selection, regrow_fraction, regrow_problem, select_in_scopes
 
 __all__ = ["SCAPruner", "NonFiniteStatisticsError"]
 
@@ -268,15 +268,9 @@ class SCAPruner(DynamicChannelPruner):
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         if regrow_relative_to not in REGROW_BASES:
             raise ValueError(f"regrow_relative_to must be one of {REGROW_BASES}, got {regrow_relative_to!r}")
-        if regrow_relative_to == "all" and regrow_ratio > pruning_ratio:
-            raise ValueError(
-                f"regrow_ratio ({regrow_ratio}) is larger than pruning_ratio ({pruning_ratio}): only masked "
-                f"channels can be regrown, so use regrow_ratio <= pruning_ratio")
-        if regrow_fraction(regrow_ratio, pruning_ratio, regrow_relative_to) > pruning_ratio:
-            raise ValueError(
-                f"regrow_ratio ({regrow_ratio}) of the kept channels regrows "
-                f"{regrow_fraction(regrow_ratio, pruning_ratio, 'kept'):.3g} of all, more than pruning_ratio "
-                f"({pruning_ratio}) masks: only masked channels can be regrown, so use a smaller regrow_ratio")
+        problem = regrow_problem(regrow_ratio, pruning_ratio, regrow_relative_to, "pruning_ratio")
+        if problem:
+            raise ValueError(problem)
         for name, value in (("l1", l1), ("bn_l1", bn_l1)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")

@@ -34,8 +34,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["MODES", "REGROW_BASES", "RankingScope", "Selection", "channel_floor", "regrow_fraction", "select_channels",
-           "select_in_scopes"]
+__all__ = ["MODES", "REGROW_BASES", "RankingScope", "Selection", "channel_floor", "regrow_fraction", "regrow_problem",
+           "select_channels", "select_in_scopes"]
 
 MODES = ("incremental", "rebuild")
 REGROW_BASES = ("all", "kept")
@@ -69,6 +69,19 @@ def regrow_fraction(regrow_ratio: float, sparsity: float, relative_to: str = "al
     if relative_to not in REGROW_BASES:
         raise ValueError(f"regrow_relative_to must be one of {REGROW_BASES}, got {relative_to!r}")
     return regrow_ratio if relative_to == "all" else regrow_ratio * (1.0 - sparsity)
+
+
+def regrow_problem(regrow_ratio: float, sparsity: float, relative_to: str, sparsity_name: str) -> Optional[str]:
+    """Why ``regrow_ratio`` would regrow more channels than ``sparsity`` masks (only masked channels
+    can be regrown), or None; ``sparsity_name`` names the setting in the message."""
+    regrown = regrow_fraction(regrow_ratio, sparsity, relative_to)
+    if regrown <= sparsity:
+        return None
+    if relative_to == "all":
+        return (f"regrow_ratio ({regrow_ratio}) is larger than {sparsity_name} ({sparsity}): only masked channels can "
+                f"be regrown, so use regrow_ratio <= {sparsity_name}")
+    return (f"regrow_ratio ({regrow_ratio}) of the kept channels regrows {regrown:.3g} of all, more than "
+            f"{sparsity_name} ({sparsity}) masks: only masked channels can be regrown, so use a smaller regrow_ratio")
 
 
 def select_in_scopes(

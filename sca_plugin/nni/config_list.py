@@ -20,7 +20,7 @@ import torch.nn as nn
 from nni.compression.base.config import default_config_schema, select_modules_by_config, trans_legacy_config_list
 
 from ..groups import PRODUCER_TYPES, group_batchnorms, group_neurons, group_producers, reaches_output
-from ..selection import RankingScope, regrow_fraction
+from ..selection import RankingScope, regrow_problem
 
 __all__ = ["ALLOWED_KEYS", "ConfiguredGroup", "GroupChoice", "validate_config_list",
            "choose_groups", "ranking_scopes"]
@@ -87,14 +87,9 @@ def _check_entry(config: dict, where: str, regrow_ratio: float, regrow_relative_
     if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not ratio <= cap <= 1.0:
         raise ValueError(f"{where}: max_sparse_ratio must be in [sparse_ratio, 1], got {cap!r}")
     config["max_sparse_ratio"] = float(cap)
-    regrown = regrow_fraction(regrow_ratio, config["sparse_ratio"], regrow_relative_to)
-    if regrow_relative_to == "all" and regrown > config["sparse_ratio"]:
-        raise ValueError(f"{where}: regrow_ratio ({regrow_ratio}) is larger than sparse_ratio ({ratio}): only masked "
-                         "channels can be regrown, so use regrow_ratio <= sparse_ratio")
-    if regrown > config["sparse_ratio"]:
-        raise ValueError(f"{where}: regrow_ratio ({regrow_ratio}) of the kept channels regrows {regrown:.3g} of all, "
-                         f"more than sparse_ratio ({ratio}) masks: only masked channels can be regrown, so use a "
-                         "smaller regrow_ratio")
+    problem = regrow_problem(regrow_ratio, ratio, regrow_relative_to, "sparse_ratio")
+    if problem:
+        raise ValueError(f"{where}: {problem}")
     targets = config.get("target_names")
     if targets is not None and (not targets or set(targets) - {"weight", "bias"}):
         raise ValueError(f"{where}: target_names must be a non-empty subset of ['weight', 'bias'], got {targets!r}")
