@@ -167,13 +167,28 @@ class InferenceModel(nn.Module):
     the same batch gives the same output, and there is no state to reset between batches. Feeding a
     sequence in chunks that continue one another is therefore not possible: pass the whole sequence.
     ``report`` says what was done (folded pairs, dropped hooks, compile settings, the checks).
+
+    It pickles (``torch.save(fast, path)``, ``copy.deepcopy``) without its compiled code, which
+    cannot be serialised: the copy keeps the compile settings and compiles again at its first call.
     """
 
-    def __init__(self, module: nn.Module, compiled: Optional[Any], report: Dict[str, Any]) -> None:
+    def __init__(self, module: nn.Module, compile_settings: Optional[Dict[str, Any]], report: Dict[str, Any]) -> None:
         super().__init__()
         self.module = module
-        object.__setattr__(self, "_compiled", compiled)  # not a submodule: no second copy of the weights
+        self._compile_settings = compile_settings
+        # not a submodule: no second copy of the weights
+        object.__setattr__(self, "_compiled", None if compile_settings is None else _compiled_call(**compile_settings))
         self.report = report
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_compiled", None)  # compiled code does not pickle; __setstate__ compiles again
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        settings = state.get("_compile_settings")
+        object.__setattr__(self, "_compiled", None if settings is None else _compiled_call(**settings))
 
     @property
     def compiled(self) -> bool:
@@ -269,10 +284,10 @@ def optimize_for_inference(model: nn.Module, example_inputs: Any, *, compile: bo
     ref_out, ref_spikes = _reference(model, inputs)
     prepared = _hook_free_copy(model)
     folded = _prepare(prepared, fold_batchnorm, multi_step)
-    compiled = _compiled_call(freeze, mode, dynamic) if compile else None
+    settings = {"freeze": freeze, "mode": mode, "dynamic": dynamic} if compile else None
     report: Dict[str, Any] = {"folded": folded, "dropped_hooks": dropped, "compiled": compile,
                               "freeze": bool(compile and freeze), "mode": mode if compile else None}
-    result = InferenceModel(prepared, compiled, report)
+    result = InferenceModel(prepared, settings, report)
     result.eval()
     if check:
         report["check"] = _check(model, ref_out, ref_spikes, result, inputs, atol)

@@ -66,6 +66,25 @@ def test_compiled_path_gives_the_models_spikes(which, finalized, digits_batch):
     assert torch.equal(fast(x), got)  # a second call starts from rest again
 
 
+@pytest.mark.parametrize("compile", [True, False])
+def test_saved_and_copied_inference_model_gives_the_same_output(compile, finalized, digits_batch, tmp_path):
+    """torch.save / torch.load and copy.deepcopy work (compiled code does not pickle): the copy keeps
+    the compile settings, compiles again at its first call and gives the original's output."""
+    import copy
+
+    x = digits_batch[0]
+    fast = optimize_for_inference(finalized, x[:4], compile=compile, check=False)
+    expected = fast(x)
+    assert_not_silent(expected)
+    torch.save(fast, tmp_path / "fast.pt")
+    for other in (torch.load(tmp_path / "fast.pt", weights_only=False), copy.deepcopy(fast)):
+        assert other.compiled == compile
+        if compile:
+            assert other._compiled is not fast._compiled  # compiled again, not shared
+        assert other.report == fast.report
+        assert torch.equal(other(x), expected)
+
+
 def test_no_spike_flips_on_the_digits_test_set(digits_batch):
     """BatchNorm folding rounds differently; on real data (the digits test set) no spike flips."""
     from sca_plugin.datasets import load_dataset
