@@ -12,7 +12,9 @@ is a named row with its own method and settings, e.g. ``l1-oneshot: {method: l1,
 ``<runs-dir>/<row>-r<ratio>-s<seed>`` (``dense-s<seed>``); a run whose ``metrics.json`` exists
 (in its run folder, or as the copy in ``<out>/runs/`` that an earlier invocation wrote and that
 is committed with the results) is not retrained (an interrupted sweep continues where it stopped; with ``--resume`` a run that
-was cut off mid-training continues from its last checkpoint).  Writes into ``--out``:
+was cut off mid-training continues from its last checkpoint).  ``--rows``, ``--seeds`` and
+``--ratios`` train only part of the plan (a sweep that spans several sittings, most important runs
+first); the outputs still cover every finished run of the config.  Writes into ``--out``:
 
 * ``summary.json``: per (method, ratio) group: seeds, accuracy mean ± std, parameters, MACs per
   time step, SynOps, activation sparsity, final channels per layer; the config and the machine;
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -188,13 +191,34 @@ def _finished(item: Dict[str, Any], results_dir: Optional[Path]) -> Optional[Pat
     return None
 
 
+def select_runs(plan: List[Dict[str, Any]], rows: Optional[Sequence[str]] = None,
+                seeds: Optional[Sequence[int]] = None, ratios: Optional[Sequence[float]] = None) -> set:
+    """The names of the planned runs to train: those of the given rows, seeds and ratios (each None:
+    all). Values the config does not have are refused with the valid ones (``ConfigError``); the
+    ratio filter leaves rows without a ratio (dense, sdsnn) in."""
+    def check(what: str, asked, valid) -> None:
+        unknown = [v for v in asked or () if v not in valid]
+        if unknown:
+            raise ConfigError(f"--{what} {', '.join(map(str, unknown))} not in the config; "
+                              f"it has {', '.join(map(str, valid))}")
+
+    check("rows", rows, list(dict.fromkeys(it["row"] for it in plan)))
+    check("seeds", seeds, sorted({it["seed"] for it in plan}))
+    check("ratios", ratios, sorted({it["ratio"] for it in plan if not get_method(it["method"]).emergent_sparsity}))
+    return {it["name"] for it in plan
+            if (rows is None or it["row"] in rows) and (seeds is None or it["seed"] in seeds)
+            and (ratios is None or get_method(it["method"]).emergent_sparsity or it["ratio"] in ratios)}
+
+
 def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, workers: int = 1,
-              threads: Optional[int] = None, train: bool = True, results_dir: Optional[Path] = None) -> Dict[str, Any]:
+              threads: Optional[int] = None, train: bool = True, results_dir: Optional[Path] = None,
+              only: Optional[set] = None) -> Dict[str, Any]:
     """Train every planned run whose metrics.json does not exist yet; returns metrics per run name
     and what was trained / reused / missing. ``workers`` > 1 trains that many runs at once, in
     separate processes with ``threads`` torch threads each (small spiking nets use 2 cores better
     as 2 single-threaded runs than as one 2-threaded run); ``train=False`` only collects the
-    finished runs (a sweep spanning several sittings: summarise what is done so far)."""
+    finished runs (a sweep spanning several sittings: summarise what is done so far); ``only`` (run
+    names, :func:`select_runs`) trains just those and collects the rest."""
 
     # check first, train later: a stale or half-finished folder stops the sweep before any work
     for item in plan:
@@ -212,7 +236,8 @@ def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, wo
             if diff:
                 raise ConfigError(f"{metrics} is a finished run made with other settings ({', '.join(diff)}); "
                                   "use another --runs-dir / --out or delete it")
-        elif (out / "checkpoint.pt").is_file() and not resume and train:  # --no-train only collects
+        elif (out / "checkpoint.pt").is_file() and not resume and train \
+                and (only is None or item["name"] in only):  # runs that are not trained are only collected
             raise ConfigError(f"{out} holds an unfinished run; pass --resume to continue it "
                               "(or delete that folder to start it over)")
 
@@ -226,7 +251,7 @@ def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, wo
             results[item["name"]] = dict(read_run_metrics(done_before))
             reused.append(item["name"])
             continue
-        if not train:
+        if not train or (only is not None and item["name"] not in only):
             missing.append(item["name"])
             continue
         if resume and (out / "checkpoint.pt").is_file():
@@ -618,6 +643,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="torch threads per run (default: torch's choice with 1 worker, 1 with several)")
     parser.add_argument("--no-train", action="store_true",
                         help="train nothing: summarise the finished runs (a sweep that spans several sittings)")
+    parser.add_argument("--rows", type=lambda v: [r for r in v.split(",") if r],
+                        help="train only these rows (comma-separated names from the config's methods); "
+                             "the outputs still cover every finished run")
+    parser.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",") if x],
+                        help="train only these seeds (comma-separated)")
+    parser.add_argument("--ratios", type=lambda v: [float(x) for x in v.split(",") if x],
+                        help="train only these pruning ratios (comma-separated; dense is not filtered)")
     args = parser.parse_args(argv)
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         print("quality: error: --workers and --threads must be at least 1", file=sys.stderr)
@@ -628,9 +660,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = Path(args.out or REPO_ROOT / "benchmarks" / "results" / cfg["name"])
         runs_dir = Path(args.runs_dir or REPO_ROOT / "runs" / cfg["name"])
         plan = plan_runs(cfg, runs_dir)
-        print(f"quality: {len(plan)} runs into {runs_dir}, results into {out}", flush=True)
+        filtered = any(v is not None for v in (args.rows, args.seeds, args.ratios))
+        only = select_runs(plan, args.rows, args.seeds, args.ratios) if filtered else None
+        print(f"quality: {len(plan)} runs into {runs_dir}, results into {out}"
+              + (f"; training only {len(only)} of them (--rows/--seeds/--ratios)" if filtered else ""), flush=True)
         sweep = run_sweep(plan, resume=args.resume, log=lambda s: print(s, flush=True), workers=args.workers,
-                          threads=args.threads, train=not args.no_train, results_dir=out)
+                          threads=args.threads, train=not args.no_train, results_dir=out, only=only)
     except ConfigError as e:
         print(f"quality: error: {e}", file=sys.stderr)
         return 2
@@ -644,8 +679,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     info["device"] = ", ".join(sorted({str(it["config"].device) for it in plan}))
     if argv is not None:  # called from Python (tests): record the equivalent command line
         info["command"] = "python benchmarks/quality.py " + " ".join(argv)
-    # the command that trains the runs (--no-train only collected the finished ones)
-    info["command"] = info["command"].replace(" --no-train", "")
+    # the command that trains every run of the table (--no-train only collected the finished ones,
+    # --rows/--seeds/--ratios trained part of them)
+    info["command"] = re.sub(r" --(rows|seeds|ratios)[ =]\S+", "", info["command"].replace(" --no-train", ""))
     rows = {item["name"]: item["row"] for item in plan}
     groups = summarize_runs(sweep["metrics"], rows)
     paired_differences(groups, cfg.get("paired_with") or [])

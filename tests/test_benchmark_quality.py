@@ -210,3 +210,43 @@ def test_quality_reuses_committed_run_copies_in_a_later_sitting(tmp_path):
     assert not runs.exists() or not any(runs.iterdir())
     config.write_text(TINY.replace("methods: [dense, sca]", "methods: [dense]").replace("epochs: 2", "epochs: 3"))
     assert quality.main(argv) == 2
+
+
+def test_quality_trains_only_the_selected_runs_and_summarises_all_finished(tmp_path, capsys):
+    """--rows/--seeds/--ratios train part of the plan; the summary covers every finished run, the
+    rest is listed as missing, and the table's command is the one that trains the whole config."""
+    quality = _load()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("seeds: [0]", "seeds: [0, 1]").replace("ratios: [0.5]", "ratios: [0.5, 0.8]")
+                      .replace("methods: [dense, sca]", "methods: [dense, random-init]"))
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    base = ["--config", str(config), "--out", str(out), "--runs-dir", str(runs)]
+    assert quality.main(base + ["--rows", "random-init", "--seeds", "1", "--ratios", "0.8"]) == 0
+    assert {p.parent.name for p in runs.glob("*/metrics.json")} == {"random-init-r0.8-s1"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sweep"]["trained"] == ["random-init-r0.8-s1"]
+    assert len(summary["sweep"]["missing"]) == 5  # dense s0/s1, random-init 0.5 s0/s1 and 0.8 s0
+    assert [(g["method"], g["pruning_ratio"], g["n"]) for g in summary["groups"]] == [("random-init", 0.8, 1)]
+    assert "--rows" not in summary["machine"]["command"] and "--seeds" not in summary["machine"]["command"]
+    # the ratio filter leaves dense in; a second filtered call trains only what it selects
+    assert quality.main(base + ["--seeds", "0", "--ratios", "0.8"]) == 0
+    assert {p.parent.name for p in runs.glob("*/metrics.json")} == {"random-init-r0.8-s1", "random-init-r0.8-s0",
+                                                                 "dense-s0"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["sweep"]["reused"]) == ["random-init-r0.8-s1"]
+    assert {(g["method"], g["n"]) for g in summary["groups"]} == {("dense", 1), ("random-init", 2)}
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--rows", "random-init,nope", "--rows nope not in the config; it has dense, random-init"),
+    ("--seeds", "7", "--seeds 7 not in the config; it has 0"),
+    ("--ratios", "0.3", "--ratios 0.3 not in the config; it has 0.5"),
+])
+def test_quality_refuses_filters_the_config_does_not_have(tmp_path, capsys, flag, value, message):
+    quality = _load()
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("methods: [dense, sca]", "methods: [dense, random-init]"))
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    assert quality.main(["--config", str(config), "--out", str(out), "--runs-dir", str(runs), flag, value]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not runs.exists()  # refused before anything was trained or written
