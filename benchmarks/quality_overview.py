@@ -34,7 +34,8 @@ def overview(summaries: List[dict]) -> str:
         for g in s["groups"]:
             if g["method"] not in rows:
                 rows.append(g["method"])
-    cols = [(s, r) for s in summaries for r in ratios]
+    # a column per task and ratio the task was configured for (no column of dashes for ratios it never runs)
+    cols = [(s, r) for s in summaries for r in ratios if r in {float(x) for x in s["config"].get("ratios") or ratios}]
     cell: Dict[tuple, Optional[tuple]] = {}
     for s in summaries:
         for g in s["groups"]:
