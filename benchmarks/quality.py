@@ -127,7 +127,8 @@ def run_name(row: str, ratio: Optional[float], seed: int) -> str:
 
 
 def plan_runs(cfg: Dict[str, Any], runs_dir: Path) -> List[Dict[str, Any]]:
-    """One entry per run: name, method, ratio, seed, and the TrainConfig (validated)."""
+    """One entry per run: name, method, ratio, seed, whether the row's sparsity emerges (no ratio
+    asked for: dense, sdsnn), and the TrainConfig (validated)."""
     shared = {k: cfg[k] for k in SHARED_KEYS if cfg.get(k) is not None}
     shared.update(cfg.get("train") or {})
     plan = []
@@ -143,7 +144,7 @@ def plan_runs(cfg: Dict[str, Any], runs_dir: Path) -> List[Dict[str, Any]]:
                 values.update(method=method, pruning_ratio=ratio, seed=int(seed), progress=False,
                               dense_baseline=False, output_dir=str(runs_dir / name))
                 plan.append({"name": name, "row": row, "method": method, "ratio": ratio, "seed": int(seed),
-                             "config": TrainConfig.from_dict(values)})
+                             "emergent": emergent, "config": TrainConfig.from_dict(values)})
     return plan
 
 
@@ -204,10 +205,10 @@ def select_runs(plan: List[Dict[str, Any]], rows: Optional[Sequence[str]] = None
 
     check("rows", rows, list(dict.fromkeys(it["row"] for it in plan)))
     check("seeds", seeds, sorted({it["seed"] for it in plan}))
-    check("ratios", ratios, sorted({it["ratio"] for it in plan if not get_method(it["method"]).emergent_sparsity}))
+    check("ratios", ratios, sorted({it["ratio"] for it in plan if not it["emergent"]}))
     return {it["name"] for it in plan
             if (rows is None or it["row"] in rows) and (seeds is None or it["seed"] in seeds)
-            and (ratios is None or get_method(it["method"]).emergent_sparsity or it["ratio"] in ratios)}
+            and (ratios is None or it["emergent"] or it["ratio"] in ratios)}
 
 
 def run_sweep(plan: List[Dict[str, Any]], *, resume: bool = False, log=print, workers: int = 1,

@@ -176,9 +176,14 @@ class InferenceModel(nn.Module):
         super().__init__()
         self.module = module
         self._compile_settings = compile_settings
-        # not a submodule: no second copy of the weights
-        object.__setattr__(self, "_compiled", None if compile_settings is None else _compiled_call(**compile_settings))
+        self._compile()
         self.report = report
+
+    def _compile(self) -> None:
+        """The compiled call (lazy: it compiles at the first call), or None without compile settings;
+        not a submodule, so no second copy of the weights."""
+        settings = self._compile_settings
+        object.__setattr__(self, "_compiled", None if settings is None else _compiled_call(**settings))
 
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
@@ -187,8 +192,7 @@ class InferenceModel(nn.Module):
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
-        settings = state.get("_compile_settings")
-        object.__setattr__(self, "_compiled", None if settings is None else _compiled_call(**settings))
+        self._compile()
 
     @property
     def compiled(self) -> bool:

@@ -22,7 +22,7 @@ from .importance import SCAImportance
 from .masking import MASKINGS
 from .regrowth import REGROW_SIGNALS, GradientMagnitudes
 from .schedule import REGROW_DECAYS, SCHEDULES, regrow_at, sparsity_at
-from .selection import MODES, REGROW_BASES, RankingScope, Selection, regrow_fraction, regrow_problem, select_in_scopes
+from .selection import MODES, REGROW_BASES, RankingScope, Selection, regrow_problem, select_in_scopes
 
 __all__ = ["SCAPruner", "NonFiniteStatisticsError"]
 
@@ -202,7 +202,7 @@ class SCAPruner(DynamicChannelPruner):
                                      "key it by the model's modules (or tuples of them), as in Torch-Pruning")
             if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
                 raise ValueError(f"pruning_ratio_dict ratio for {type(modules[0]).__name__} must be in [0, 1), got {ratio!r}")
-            if regrow_fraction(regrow_ratio, ratio, regrow_relative_to) > ratio:
+            if regrow_problem(regrow_ratio, ratio, regrow_relative_to, "pruning_ratio_dict") is not None:
                 raise ValueError(f"pruning_ratio_dict ratio {ratio} is below the regrown fraction (regrow_ratio "
                                  f"{regrow_ratio} of {regrow_relative_to} channels): only masked channels can be "
                                  "regrown; use larger ratios or a smaller regrow_ratio")
