@@ -202,10 +202,9 @@ class SCAPruner(DynamicChannelPruner):
                                      "key it by the model's modules (or tuples of them), as in Torch-Pruning")
             if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
                 raise ValueError(f"pruning_ratio_dict ratio for {type(modules[0]).__name__} must be in [0, 1), got {ratio!r}")
-            if regrow_problem(regrow_ratio, ratio, regrow_relative_to, "pruning_ratio_dict") is not None:
-                raise ValueError(f"pruning_ratio_dict ratio {ratio} is below the regrown fraction (regrow_ratio "
-                                 f"{regrow_ratio} of {regrow_relative_to} channels): only masked channels can be "
-                                 "regrown; use larger ratios or a smaller regrow_ratio")
+            problem = regrow_problem(regrow_ratio, ratio, regrow_relative_to, "the pruning_ratio_dict ratio")
+            if problem:
+                raise ValueError(f"pruning_ratio_dict entry for {type(modules[0]).__name__}: {problem}")
             if ratio > max_pruning_ratio:
                 raise ValueError(f"pruning_ratio_dict ratio {ratio} exceeds max_pruning_ratio ({max_pruning_ratio})")
             out[modules] = float(ratio)
