@@ -287,10 +287,11 @@ def _builtin() -> None:
     specs = [
         MethodSpec("dense", "dense", "no pruning (the reference row)"),
         MethodSpec("sca", "dynamic", "SCA prune-and-regrow: membrane-activity scores, regrowth by |dL/dgamma|",
-                   importance=sca, dynamic_defaults={"regrow_ratio": 0.1, "schedule": "cubic"},
+                   importance=sca, dynamic_defaults={"regrow_ratio": 0.1, "schedule": "cubic", "global_pruning": False},
                    options=("sca_normalizer",)),
         MethodSpec("sca-prune-only", "dynamic", "SCA without regrowth (the paper's ablation)", importance=sca,
-                   dynamic_defaults={"schedule": "cubic"}, regrows=False, options=("sca_normalizer",)),
+                   dynamic_defaults={"schedule": "cubic", "global_pruning": False}, regrows=False,
+                   options=("sca_normalizer",)),
         MethodSpec("random-init", "init", "a random mask fixed before training (the paper's ablation)",
                    importance=lambda cfg: tpi.RandomImportance()),
         MethodSpec("l1", "dynamic", "Torch-Pruning's group L1 magnitude",

@@ -3,7 +3,8 @@
 ``sca-prune train`` writes it (:mod:`~sca_plugin.runner`), ``sca-prune eval``/``report`` and the
 benchmarks read it (:func:`read_run_metrics`). :class:`RunMetrics` names the fields and their
 types; ``docs/metrics.md`` says what each cost figure counts. Runs written by earlier versions may
-lack fields added since (every reader uses ``.get``)."""
+lack fields added since (every reader uses ``.get``); where a default has changed since, the reader
+fills in the value such a run used (:data:`LEGACY_DEFAULTS`)."""
 from __future__ import annotations
 
 import json
@@ -65,9 +66,28 @@ class RunMetrics(TypedDict, total=False):
     synops_connected: Optional[float]
     epochs_log: List[Dict[str, Any]]            # epoch, loss, test_accuracy, sparsity, lr
     config: Dict[str, Any]                      # TrainConfig.to_dict()
+    effective_settings: Dict[str, Any]          # the settings whose default depends on others, as used
     device: str
     distributed: Optional[Dict[str, Any]]
     wall_time_s: float
+
+
+#: defaults that changed, for records written before ``effective_settings`` existed: ``{setting:
+#: (methods, the value those runs used when the setting was left unset)}``. The dynamic ``sca`` and
+#: ``sca-prune-only`` ranked all layers together until per-layer ranking was measured better (issue 11).
+LEGACY_DEFAULTS: Dict[str, tuple] = {"global_pruning": (("sca", "sca-prune-only"), True)}
+
+
+def _with_legacy_defaults(data: Dict[str, Any]) -> Dict[str, Any]:
+    """An older record's unset settings whose default has changed since, set to what that run used,
+    so that every reader resolves the run's settings as they were (not as today's defaults say)."""
+    config = data.get("config")
+    if "effective_settings" in data or not isinstance(config, dict):
+        return data
+    for name, (methods, value) in LEGACY_DEFAULTS.items():
+        if config.get(name) is None and config.get("method") in methods:
+            config[name] = value
+    return data
 
 
 class MetricsFileError(ValueError):
@@ -87,4 +107,4 @@ def read_run_metrics(path: Union[str, "os.PathLike[str]"]) -> RunMetrics:
         raise MetricsFileError(f"{f} is unreadable or not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
         raise MetricsFileError(f"{f} does not hold a JSON object")
-    return data  # type: ignore[return-value]
+    return _with_legacy_defaults(data)  # type: ignore[return-value]

@@ -25,7 +25,7 @@ from .config import ConfigError, TrainConfig
 from .distributed import rank, world_size
 from .files import atomic_save, atomic_write_text, keep_previous
 from .graph import replay_pruning
-from .methods import build_pruner
+from .methods import DEPENDENT_SETTINGS, build_pruner
 from .model_factory import build_model, unused_model_settings
 from .records import RunMetrics
 from .reporting import model_stats, pruning_report
@@ -234,6 +234,7 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
         "synops_connected": _connected_synops(spiking, pruner.connectivity()) if hasattr(pruner, "connectivity") else None,
         "epochs_log": epochs_log,
         "config": cfg.to_dict(),
+        "effective_settings": {name: getattr(cfg, f"effective_{name}") for name in DEPENDENT_SETTINGS},
         "device": str(device),
         "distributed": {"world_size": world_size(), "backend": backend} if world_size() > 1 else None,
         "wall_time_s": time.time() - start,

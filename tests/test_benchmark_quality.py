@@ -52,7 +52,7 @@ def test_quality_tiny_sweep_and_resume(tmp_path, capsys):
 
     table = (out / "table.md").read_text()
     assert "Command:" in table and "Machine:" in table
-    assert "- `sca`: dynamic: masks updated each epoch for 1 of 2 epochs; global ranking; regrow_ratio 0.1 of all channels" in table
+    assert "- `sca`: dynamic: masks updated each epoch for 1 of 2 epochs; per-layer ranking; regrow_ratio 0.1 of all channels" in table
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     assert len(rows) == 2 and any(r.startswith("| sca | 0.5 | 1 |") for r in rows)
 

@@ -331,10 +331,10 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(finished_run, caps
         assert "is a finished run" in capsys.readouterr().out
         assert _files(finished_run) == before
     assert main(["train", "--output-dir", str(finished_run), "--resume", "--epochs", "5", "--lr", "0.5",
-                 "--no-global-pruning"]) == 2
+                 "--global-pruning"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
-    assert "--epochs 5 (the run has 3); --lr 0.5 (the run has 0.1); --no-global-pruning (the run has True, " \
+    assert "--epochs 5 (the run has 3); --lr 0.5 (the run has 0.1); --global-pruning (the run has False, " \
            "the default)" in err
     assert _files(finished_run) == before
 
@@ -420,7 +420,7 @@ def test_model_flags_a_factory_does_not_take_are_refused_and_eval_names_a_missin
 def test_report_separates_runs_whose_settings_differ_and_accepts_a_parent_folder(finished_run, tmp_path):
     template = json.loads((finished_run / "metrics.json").read_text())
     parent = tmp_path / "sweep"
-    for name, seed, global_pruning, acc in (("g0", 0, None, 0.9), ("g1", 1, None, 0.8), ("l0", 0, False, 0.3)):
+    for name, seed, global_pruning, acc in (("g0", 0, None, 0.9), ("g1", 1, None, 0.8), ("l0", 0, True, 0.3)):
         run = json.loads(json.dumps(template))
         run["config"].update(seed=seed, global_pruning=global_pruning, output_dir=f"runs/{name}", device="cuda")
         run["seed"], run["accuracy"]["final"] = seed, acc
@@ -430,5 +430,5 @@ def test_report_separates_runs_whose_settings_differ_and_accepts_a_parent_folder
         assert main(["report", *given, "--out", str(tmp_path / "rep")]) == 0
         rows = [line for line in (tmp_path / "rep" / "report.md").read_text().splitlines() if line.startswith("| sca")]
         assert len(rows) == 2
-        assert rows[0].startswith("| sca (global_pruning=False) | 0.5 | 0 | 30.00 |")
-        assert rows[1].startswith("| sca (global_pruning=True) | 0.5 | 0, 1 | 85.00 ± 7.07 |")  # seeds averaged
+        assert rows[0].startswith("| sca (global_pruning=False) | 0.5 | 0, 1 | 85.00 ± 7.07 |")  # seeds averaged
+        assert rows[1].startswith("| sca (global_pruning=True) | 0.5 | 0 | 30.00 |")
