@@ -116,7 +116,7 @@ class TrainConfig:
     regrow_ratio: Optional[float] = field(default=None, metadata={"help": "fraction regrown per update (default 0.1 for sca, else 0)"})
     regrow_relative_to: str = field(default="all", metadata={"help": "all (paper: --regrow-ratio of all prunable channels, half of the kept ones at 0.8 sparsity for 0.1) or kept (of the kept channels: the same share exchanged at every sparsity)"})
     regrow_decay: str = field(default="constant", metadata={"help": "constant (paper: the same regrow ratio at every update) or cosine (RigL-style decay to 0 by the last mask update)"})
-    sca_normalizer: Optional[str] = field(default=None, metadata={"help": "sca methods: normalise the SCA scores of each group before the global ranking (mean, max, sum; default raw scores as in the paper)"})
+    sca_normalizer: Optional[str] = field(default=None, metadata={"help": "sca methods with --global-pruning: normalise the SCA scores of each group before the global ranking (mean, max, sum; default raw scores as in the paper)"})
     sdsnn_n: Optional[int] = field(default=None, metadata={"help": "sdsnn: consecutive-epoch count N (public code 18 for 300-600 epochs; default max(1, round(epochs * 18 / 300)))"})
     sdsnn_initial_rate: float = field(default=0.5, metadata={"help": "sdsnn: starting cumulative pruning rate of conv layers, percent (public code 0.5)"})
     sdsnn_initial_fc_rate: float = field(default=2.0, metadata={"help": "sdsnn: starting cumulative pruning rate of hidden fully connected layers, percent (public CIFAR code 2, MNIST code 35)"})
@@ -217,6 +217,10 @@ class TrainConfig:
                       "set --regrow-ratio > 0 or drop --regrow-decay")
         if self.sca_normalizer is not None and "sca_normalizer" not in spec.options:
             raise bad(f"--sca-normalizer applies to the SCA methods, not {self.method!r}")
+        if self.sca_normalizer is not None and not self.effective_global_pruning:
+            raise bad(f"--sca-normalizer rescales each layer's scores for the global ranking; method "
+                      f"{self.method!r} ranks per layer here, where rescaling changes nothing: add "
+                      "--global-pruning or drop --sca-normalizer")
         if self.schedule not in (None, "constant") and (self.oneshot_epoch is not None or not spec.follows_schedule):
             raise bad(f"--schedule {self.schedule} ramps the sparsity over many mask updates, but method "
                       f"{self.method!r}{' with --oneshot-epoch' if self.oneshot_epoch is not None else ''} "

@@ -274,8 +274,14 @@ def test_sca_normalizer_reaches_the_importance(tmp_path):
     from sca_plugin.methods import build_pruner
 
     model = digits_cnn(T=2, width=0.25)
-    pruner = build_pruner(TrainConfig(method="sca", sca_normalizer="mean"), model, torch.rand(2, 2, 1, 8, 8))
+    pruner = build_pruner(TrainConfig(method="sca", sca_normalizer="mean", global_pruning=True), model,
+                          torch.rand(2, 2, 1, 8, 8))
     assert pruner.importance.normalizer == "mean"
+    # per-layer ranking (the dynamic default): a per-group rescale cannot change it, so it is refused
+    with pytest.raises(ConfigError, match="add --global-pruning"):
+        TrainConfig(method="sca", sca_normalizer="mean")
+    with pytest.raises(ConfigError, match="add --global-pruning"):
+        TrainConfig(method="sca", sca_normalizer="mean", global_pruning=False)
     with pytest.raises(ConfigError, match="applies to the SCA methods"):
         TrainConfig(method="l1", sca_normalizer="mean")
     with pytest.raises(ConfigError, match="sca_normalizer must be"):
