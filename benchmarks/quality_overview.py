@@ -2,9 +2,15 @@
 pruning ratio, one column pair per task, from the ``summary.json`` files of ``benchmarks/quality.py``.
 
     python benchmarks/quality_overview.py [RESULT_DIR ...] [--out benchmarks/results/quality_overview.md]
+                                          [--ablation-out benchmarks/results/quality_ablation.md]
 
 Without arguments it reads every ``benchmarks/results/quality_*/summary.json``. The best mean per
 column is in bold; a row's cost columns are left to the per-task tables (``table.md``).
+
+The second file is the paper's ablation across tasks: prune+regrow (``sca``), prune-only
+(``sca-prune-only``) and the random mask at initialisation (``random-init``) side by side with the
+paired differences between them and to the best built-in, and whether the paper's order
+(prune+regrow > prune-only > random-init) holds on the means.
 """
 from __future__ import annotations
 
@@ -91,6 +97,53 @@ def overview(summaries: List[dict]) -> str:
             "(n; collapsed runs counted, included in the mean); bold = best mean of the column.\n\n" + "\n".join(lines) + "\n")
 
 
+#: the paper's ablation, in the order the paper reports (prune+regrow > prune-only > random-init)
+ABLATION = ("sca", "sca-prune-only", "random-init")
+
+
+def _paired(group: dict, other: str, sign: float = 1.0) -> str:
+    """``group``'s paired difference to row ``other`` (``sign=-1``: ``other`` minus ``group``)."""
+    p = (group.get("paired") or {}).get(other)
+    if not p or p.get("mean") is None:
+        return "–"
+    if p.get("ci95") is None:
+        return f"{sign * p['mean']:+.2f} (n={p['n']})"
+    lo, hi = sorted(sign * v for v in p["ci95"])
+    return f"{sign * p['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={p['n']})"
+
+
+def ablation(summaries: List[dict]) -> str:
+    """The paper's ablation at every task and ratio that has all three of its rows."""
+    lines = ["| task | ratio | sca | sca-prune-only | random-init | sca − prune-only | sca − random-init "
+             "| prune-only − random-init | best built-in | sca − best built-in | paper's order |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        groups = {(g["method"], g["pruning_ratio"]): g for g in s["groups"] if not _emergent(g)}
+        for r in sorted({r for _, r in groups}):
+            rows = [groups.get((m, r)) for m in ABLATION]
+            if any(g is None or g["accuracy_mean"] is None for g in rows):
+                continue
+            sca, prune_only, random_init = rows
+            acc = [100 * g["accuracy_mean"] for g in rows]
+            best = (sca.get("paired") or {}).get("best built-in") or {}
+            best_row = best.get("row")
+            best_group = groups.get((best_row, r)) if best_row else None
+            best_txt = "–" if best_group is None else f"{best_row} {100 * best_group['accuracy_mean']:.2f}"
+            cells = [f"{a:.2f} ± {100 * g['accuracy_std']:.2f} (n={g['n']})" for a, g in zip(acc, rows)]
+            order = "yes" if acc[0] > acc[1] > acc[2] else "no"
+            lines.append(f"| {s['config']['name'].replace('quality_', '')} | {r:g} | " + " | ".join(cells) + " | "
+                         f"{_paired(prune_only, 'sca', -1.0)} | {_paired(sca, 'random-init')} | "
+                         f"{_paired(prune_only, 'random-init')} | {best_txt} | "
+                         f"{_paired(sca, 'best built-in')} | {order} |")
+    return ("# Quality benchmarks: the paper's ablation\n\n"
+            "Command: `python benchmarks/quality_overview.py`; from each task's `summary.json` "
+            "(`benchmarks/results/<task>/table.md` has the machine and every row).\n\n"
+            "Test accuracy (%) of the finalized model, mean ± std over seeds (n); paired differences in points, "
+            "mean and 95% t-interval over the shared seeds (n); `best built-in`: the Torch-Pruning or NNI row "
+            "with the highest mean at that ratio; paper's order: prune+regrow > prune-only > random-init on "
+            "the means.\n\n" + "\n".join(lines) + "\n")
+
+
 def _emergent(group: dict) -> bool:
     return group["method"] == "dense" or bool(group.get("emergent_sparsity"))
 
@@ -99,10 +152,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dirs", nargs="*", help="result folders holding summary.json")
     ap.add_argument("--out", default=str(RESULTS / "quality_overview.md"))
+    ap.add_argument("--ablation-out", default=None,
+                    help="the ablation table (default: quality_ablation.md beside --out)")
     args = ap.parse_args(argv)
     dirs = [Path(d) for d in args.dirs] or sorted(p.parent for p in RESULTS.glob("quality_*/summary.json"))
-    text = overview(load(dirs))
+    summaries = load(dirs)
+    text = overview(summaries)
     Path(args.out).write_text(text)
+    Path(args.ablation_out or Path(args.out).with_name("quality_ablation.md")).write_text(ablation(summaries))
     print(text)
     return 0
 

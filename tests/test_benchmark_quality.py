@@ -250,3 +250,36 @@ def test_quality_refuses_filters_the_config_does_not_have(tmp_path, capsys, flag
     assert quality.main(["--config", str(config), "--out", str(out), "--runs-dir", str(runs), flag, value]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists() and not runs.exists()  # refused before anything was trained or written
+
+
+def test_ablation_table_pairs_the_papers_rows_and_checks_their_order(tmp_path):
+    overview = load_benchmark("quality_overview")
+
+    def group(method, acc, paired=None, ratio=0.8):
+        return {"method": method, "pruning_ratio": ratio, "n": 3, "accuracy_mean": acc, "accuracy_std": 0.01,
+                "paired": paired or {}}
+
+    def pair(row, mean, lo, hi):
+        return {"row": row, "n": 3, "mean": mean, "ci95": [lo, hi]}
+
+    def summary(name, groups):
+        return {"config": {"name": name}, "groups": [{"method": "dense", "pruning_ratio": 0.0, "n": 3,
+                                                      "accuracy_mean": 0.99, "accuracy_std": 0.0}] + groups}
+
+    paper = summary("quality_a", [
+        group("sca", 0.97, {"random-init": pair("random-init", 1.0, 0.5, 1.5),
+                            "best built-in": pair("nni-fpgm", -0.5, -1.0, 0.0)}),
+        group("sca-prune-only", 0.965, {"sca": pair("sca", -0.5, -0.9, -0.1),
+                                        "random-init": pair("random-init", 0.5, 0.1, 0.9)}),
+        group("random-init", 0.96), group("nni-fpgm", 0.975)])
+    reversed_ = summary("quality_b", [group("sca", 0.95), group("sca-prune-only", 0.96), group("random-init", 0.94)])
+    incomplete = summary("quality_c", [group("sca", 0.95), group("random-init", 0.94)])
+    text = overview.ablation([paper, reversed_, incomplete])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| task")]
+    assert len(rows) == 2  # the task without prune-only has no row
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[:5] == ["a", "0.8", "97.00 ± 1.00 (n=3)", "96.50 ± 1.00 (n=3)", "96.00 ± 1.00 (n=3)"]
+    # sca - prune-only is prune-only's paired difference to sca with its sign and interval turned
+    assert cells[5:11] == ["+0.50 [+0.10, +0.90] (n=3)", "+1.00 [+0.50, +1.50] (n=3)", "+0.50 [+0.10, +0.90] (n=3)",
+                           "nni-fpgm 97.50", "-0.50 [-1.00, +0.00] (n=3)", "yes"]
+    assert rows[1].startswith("| b | 0.8 |") and rows[1].endswith("| no |") and "| – |" in rows[1]
