@@ -24,6 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
+from sca_plugin.environment import cpu_model  # noqa: E402  (re-exported for the benchmarks)
+
 
 def summarize(samples: Sequence[float]) -> Dict[str, float]:
     """Median, quartiles, IQR, min and count of ``samples`` (seconds)."""
@@ -74,17 +76,6 @@ def train_step(model, opt, x, y, pruner=None, net=None) -> None:
     from sca_plugin.training import train_step as step
 
     step(model, opt, x, y, pruner, net)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(device: str = "cpu") -> dict:

@@ -43,6 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, _clean, machine_info  # noqa: E402  (also puts the repo on sys.path)
+from paired import paired_text  # noqa: E402
 
 from sca_plugin.config import RUN_FREE_FIELDS, ConfigError, TrainConfig  # noqa: E402
 from sca_plugin.methods import get_method, method_names  # noqa: E402
@@ -397,12 +398,10 @@ def paired_differences(groups: List[Dict[str, Any]], paired_with: Sequence[str] 
 
 
 def _paired_text(entry: Optional[Dict[str, Any]], self_row: str) -> str:
-    if not entry or entry["mean"] is None or entry["row"] == self_row:
+    """A row's paired difference to a reference row; none to itself."""
+    if entry and entry["row"] == self_row:
         return "–"
-    if entry["ci95"] is None:
-        return f"{entry['mean']:+.2f}"
-    lo, hi = entry["ci95"]
-    return f"{entry['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    return paired_text(entry)
 
 
 def _count(v: Optional[float]) -> str:
@@ -470,6 +469,18 @@ def _schedule(run: Dict[str, Any]) -> str:
     return "; ".join([what, rank] + extra)
 
 
+def run_environments(metrics: Dict[str, Dict[str, Any]]) -> str:
+    """Where the table's runs were trained, from each run's own record: a sweep collected over several
+    sittings mixes machines and thread counts, which the invocation's machine line cannot say."""
+    counts: Dict[str, int] = {}
+    for m in metrics.values():
+        env = m.get("environment")
+        key = (f"{env.get('cpu_model', '?')}, {env.get('torch_threads', '?')} torch thread(s), "
+               f"torch {env.get('torch_version', '?')}") if env else "not recorded (runs made before the record existed)"
+        counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "–"
+
+
 def table_markdown(groups: List[Dict[str, Any]], cfg: Dict[str, Any], info: Dict[str, Any],
                    sweep: Dict[str, Any]) -> str:
     dense = next((g for g in groups if g["method"] == "dense"), None)
@@ -484,7 +495,8 @@ def table_markdown(groups: List[Dict[str, Any]], cfg: Dict[str, Any], info: Dict
         f"torch {info['torch_version']}, Python {info['python_version']}, device `{info['device']}`, {info['date']}.  ",
         f"Sweep: {len(sweep['trained'])} runs trained, {len(sweep['reused'])} reused from earlier invocations; "
         f"{sweep['elapsed_s']:.1f} s wall time for this invocation "
-        f"(sum of the runs' own wall times: {sweep['run_wall_time_sum_s']:.1f} s).",
+        f"(sum of the runs' own wall times: {sweep['run_wall_time_sum_s']:.1f} s).  ",
+        f"Runs trained on: {run_environments(sweep['metrics'])}.",
         "",
         f"Setting (the same for every row): dataset `{cfg['dataset']}`, model `{cfg['model']}`, width "
         f"{cfg.get('width', 1.0)}, T = {cfg.get('time_steps', 4)}, {epochs} epochs, batch {cfg.get('batch_size', 64)}, "

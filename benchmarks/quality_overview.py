@@ -20,6 +20,9 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired import paired_text  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -103,13 +106,7 @@ ABLATION = ("sca", "sca-prune-only", "random-init")
 
 def _paired(group: dict, other: str, sign: float = 1.0) -> str:
     """``group``'s paired difference to row ``other`` (``sign=-1``: ``other`` minus ``group``)."""
-    p = (group.get("paired") or {}).get(other)
-    if not p or p.get("mean") is None:
-        return "–"
-    if p.get("ci95") is None:
-        return f"{sign * p['mean']:+.2f} (n={p['n']})"
-    lo, hi = sorted(sign * v for v in p["ci95"])
-    return f"{sign * p['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={p['n']})"
+    return paired_text((group.get("paired") or {}).get(other), sign, with_n=True)
 
 
 def ablation(summaries: List[dict]) -> str:

@@ -68,6 +68,7 @@ class RunMetrics(TypedDict, total=False):
     config: Dict[str, Any]                      # TrainConfig.to_dict()
     effective_settings: Dict[str, Any]          # the settings whose default depends on others, as used
     device: str
+    environment: Dict[str, Any]                 # sca_plugin.environment.run_environment: CPU, threads, versions
     distributed: Optional[Dict[str, Any]]
     wall_time_s: float
 

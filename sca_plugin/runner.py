@@ -23,6 +23,7 @@ from .checkpoints import (BASELINE, CHECKPOINT, METRICS, MODEL, MODEL_STATE, PRE
 from .collapse import collapse_check
 from .config import ConfigError, TrainConfig
 from .distributed import rank, world_size
+from .environment import run_environment
 from .files import atomic_save, atomic_write_text, keep_previous
 from .graph import replay_pruning
 from .methods import DEPENDENT_SETTINGS, build_pruner
@@ -236,6 +237,7 @@ def _finish(cfg, out, model, pruner, splits, example, test_loader, device, befor
         "config": cfg.to_dict(),
         "effective_settings": {name: getattr(cfg, f"effective_{name}") for name in DEPENDENT_SETTINGS},
         "device": str(device),
+        "environment": run_environment(device),
         "distributed": {"world_size": world_size(), "backend": backend} if world_size() > 1 else None,
         "wall_time_s": time.time() - start,
     }

@@ -52,6 +52,11 @@ def test_quality_tiny_sweep_and_resume(tmp_path, capsys):
 
     table = (out / "table.md").read_text()
     assert "Command:" in table and "Machine:" in table
+    # each run records where it ran (threads change CPU results), and the table counts the runs per setting
+    import torch
+    env = json.loads(metrics["sca-r0.5-s0"].read_text())["environment"]
+    assert env["torch_threads"] == torch.get_num_threads() and env["torch_version"] == torch.__version__
+    assert f"{env['torch_threads']} torch thread(s), torch {torch.__version__} (2 runs)" in table
     assert "- `sca`: dynamic: masks updated each epoch for 1 of 2 epochs; per-layer ranking; regrow_ratio 0.1 of all channels" in table
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     assert len(rows) == 2 and any(r.startswith("| sca | 0.5 | 1 |") for r in rows)
@@ -71,6 +76,15 @@ def test_quality_tiny_sweep_and_resume(tmp_path, capsys):
     summary2 = json.loads((out / "summary.json").read_text())
     assert summary2["sweep"]["trained"] == [] and sorted(summary2["sweep"]["reused"]) == sorted(metrics)
     assert [g["accuracy_mean"] for g in summary2["groups"]] == [g["accuracy_mean"] for g in summary["groups"]]
+
+
+def test_run_environments_counts_settings_and_unrecorded_runs():
+    quality = _load()
+    a = {"cpu_model": "A", "torch_threads": 1, "torch_version": "2"}
+    text = quality.run_environments({"x": {"environment": a}, "y": {"environment": dict(a)},
+                                     "z": {"environment": dict(a, torch_threads=2)}, "old": {}})
+    assert text.startswith("A, 1 torch thread(s), torch 2 (2 runs); ")
+    assert "A, 2 torch thread(s), torch 2 (1 run)" in text and "not recorded" in text
 
 
 def test_quality_variants_are_rows_of_their_own(tmp_path):
