@@ -490,7 +490,7 @@ def table_markdown(groups: List[Dict[str, Any]], cfg: Dict[str, Any], info: Dict
         f"# Quality benchmark: `{cfg['name']}`",
         "",
         f"Command: `{info['command']}`  ",
-        f"Machine: {info['cpu_model']}, {info['cpu_cores']} cores ({info.get('workers', 1)} run(s) at once, "
+        f"Machine: {info['cpu_model']}, {info['cpu_cores']} cores, this invocation ({info.get('workers', 1)} run(s) at once, "
         f"{info['torch_threads']} torch thread(s) each), "
         f"torch {info['torch_version']}, Python {info['python_version']}, device `{info['device']}`, {info['date']}.  ",
         f"Sweep: {len(sweep['trained'])} runs trained, {len(sweep['reused'])} reused from earlier invocations; "
