@@ -96,7 +96,7 @@ _CHOICES: Dict[str, tuple] = {
     "mode": MODES, "masking": MASKINGS, "regrow_signal": REGROW_SIGNALS, "step_mode": ("m", "s"),
     "regrow_decay": ("constant", "cosine"), "sca_normalizer": ("mean", "max", "sum"),
     "sdsnn_range_layers": ("all", "last"), "lr_schedule": ("cosine", "step"), "optimizer": ("sgd", "adam"),
-    "schedule": SCHEDULES, "regrow_relative_to": REGROW_BASES,
+    "schedule": SCHEDULES, "regrow_relative_to": REGROW_BASES, "nni_rounding": ("down", "nearest"),
 }
 
 
@@ -132,6 +132,7 @@ class TrainConfig:
     ramp_updates: Optional[int] = field(default=None, metadata={"help": "mask updates over which a linear/cubic schedule ramps to the target (default: those of the first quarter of the epochs)"})
     update_interval: Optional[int] = field(default=None, metadata={"help": "update masks every N steps (default: once per epoch)"})
     oneshot_epoch: Optional[int] = field(default=None, metadata={"help": "prune once after this epoch, then fine-tune (no further updates); nni-* methods default to max(1, epochs // 4)"})
+    nni_rounding: str = field(default="down", metadata={"help": "nni-*: channels each layer loses: down (NNI's own int(n * ratio)) or nearest (round(n * ratio), what the other methods prune per layer: NNI keeps 2 / 4 / 7 of 8 / 16 / 32 channels at 0.8, nearest 2 / 3 / 6, for comparisons at equal structure)"})
     nni_training_steps: int = field(default=50, metadata={"help": "nni-slim / nni-taylor: training steps NNI runs at the one-shot epoch to score channels (extra to --epochs)"})
     fixed_mask_epochs: Optional[int] = field(default=None, metadata={"help": "final epochs that train the final structure, masks fixed (default max(1, epochs // 6); 0: the reference code's update after the last epoch)"})
     dense_baseline: bool = field(default=True, metadata={"help": "also train the dense model with the same budget and report its accuracy"})
@@ -221,6 +222,11 @@ class TrainConfig:
             raise bad(f"--sca-normalizer rescales each layer's scores for the global ranking; method "
                       f"{self.method!r} ranks per layer here, where rescaling changes nothing: add "
                       "--global-pruning or drop --sca-normalizer")
+        if self.nni_rounding != "down" and spec.kind != "nni":
+            raise bad(f"--nni-rounding applies to the nni-* methods, not {self.method!r}: drop it")
+        if self.nni_rounding == "nearest" and self.effective_global_pruning:
+            raise bad("--nni-rounding nearest sets the channels each layer loses, but --global-pruning makes NNI rank "
+                      "all layers together by weights: drop one of them")
         if self.schedule not in (None, "constant") and (self.oneshot_epoch is not None or not spec.follows_schedule):
             raise bad(f"--schedule {self.schedule} ramps the sparsity over many mask updates, but method "
                       f"{self.method!r}{' with --oneshot-epoch' if self.oneshot_epoch is not None else ''} "

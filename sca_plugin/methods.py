@@ -257,7 +257,8 @@ def _nni_pruning(cfg: "TrainConfig", spec: MethodSpec, model: nn.Module, example
     from .nni import NNIBuiltinPruning
 
     return NNIBuiltinPruning(model, example, spec.nni_pruner, cfg.pruning_ratio,
-                             ignored_layers=[classifier_of(model)], global_ranking=cfg.effective_global_pruning)
+                             ignored_layers=[classifier_of(model)], global_ranking=cfg.effective_global_pruning,
+                             rounding=cfg.nni_rounding)
 
 
 _FACTORIES = {"dense": None, "dynamic": _sca_pruner, "init": _sca_pruner, "nni": _nni_pruning,

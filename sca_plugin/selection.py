@@ -34,7 +34,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["MODES", "REGROW_BASES", "RankingScope", "Selection", "channel_floor", "regrow_fraction", "regrow_problem",
+__all__ = ["MODES", "REGROW_BASES", "RankingScope", "Selection", "channel_floor", "pruned_count", "regrow_fraction", "regrow_problem",
            "select_channels", "select_in_scopes"]
 
 MODES = ("incremental", "rebuild")
@@ -152,19 +152,27 @@ def _take_best(values, candidates, budget, floors, offsets, global_ranking):
     return chosen
 
 
+def pruned_count(n: int, ratio: float) -> int:
+    """Channels a group of ``n`` loses at ``ratio`` before any floor: the nearest integer (Python's
+    ``round``). Torch-Pruning keeps ``int(n * (1 - ratio))`` and NNI prunes ``int(n * ratio)`` (one
+    channel more or fewer per group); the NNI rows of the benchmarks can be given this count
+    (:class:`sca_plugin.nni.NNIBuiltinPruning` ``rounding="nearest"``) to compare at equal structure."""
+    return round(ratio * n)
+
+
 def _budgets(sizes: List[int], floors: List[int], sparsity, regrow_ratio, global_ranking: bool):
     """``(channels to keep, of them kept by score)``: totals under global ranking, else per group."""
     N = sum(sizes)
     if global_ranking:
         if not isinstance(sparsity, (int, float)) or not isinstance(regrow_ratio, (int, float)):
             raise ValueError("global ranking takes one sparsity and one regrow ratio for all groups")
-        n_keep = max(N - round(sparsity * N), sum(floors))
+        n_keep = max(N - pruned_count(N, sparsity), sum(floors))
         return n_keep, max(n_keep - round(regrow_ratio * N), 0)
     per_s = [sparsity] * len(sizes) if isinstance(sparsity, (int, float)) else list(sparsity)
     per_q = [regrow_ratio] * len(sizes) if isinstance(regrow_ratio, (int, float)) else list(regrow_ratio)
     if len(per_s) != len(sizes) or len(per_q) != len(sizes):
         raise ValueError(f"{len(sizes)} groups but {len(per_s)} sparsities and {len(per_q)} regrow ratios")
-    n_keep = [max(n - round(s_ * n), f) for n, f, s_ in zip(sizes, floors, per_s)]
+    n_keep = [max(n - pruned_count(n, s_), f) for n, f, s_ in zip(sizes, floors, per_s)]
     return n_keep, [max(k - round(q_ * n), 0) for k, n, q_ in zip(n_keep, sizes, per_q)]
 
 

@@ -50,6 +50,47 @@ def test_per_layer_ratio_exact_and_pruned_equals_masked(name, arch):
     torch.testing.assert_close(outputs64(model, x), reference, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("ratio", [0.5, 0.8, 0.9])
+def test_nearest_rounding_prunes_what_the_per_layer_selection_prunes(ratio):
+    """NNI prunes int(n * ratio) channels per group (2 / 4 / 7 of 8 / 16 / 32 kept at 0.8);
+    rounding="nearest" makes it keep exactly what sca_plugin's per-layer selection (SCA, the
+    Torch-Pruning rows) keeps, so the benchmark rows compare at equal structure."""
+    from sca_plugin.selection import select_channels
+
+    x = _x()
+    kept = {}
+    for rounding in ("down", "nearest"):
+        torch.manual_seed(0)
+        model = digits_cnn(T=2, width=0.5)
+        pruning = NNIBuiltinPruning(model, x, "l1norm", ratio, ignored_layers=[model.classifier], rounding=rounding)
+        pruning.prune()
+        after = model_stats(model, x)["channels"]
+        kept[rounding] = [after[next(iter(g.convs))] for g in pruning.groups]
+    sizes = [g.size for g in pruning.groups]
+    assert sorted(sizes) == [8, 16, 32]
+    assert kept["down"] == [n - int(n * ratio) for n in sizes]
+    selection = select_channels([torch.rand(n) for n in sizes], None, None, ratio, 0.0, global_ranking=False,
+                                max_pruning_ratio=(1 + ratio) / 2)
+    assert kept["nearest"] == [int(k.sum()) for k in selection.keep]
+    if ratio == 0.8:
+        assert {r: sorted(k) for r, k in kept.items()} == {"down": [2, 4, 7], "nearest": [2, 3, 6]}
+
+
+def test_nearest_rounding_refused_with_global_ranking_and_for_other_methods():
+    model = digits_cnn(T=2, width=0.5)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="global_ranking"):
+        NNIBuiltinPruning(model, _x(), "fpgm", 0.8, global_ranking=True, rounding="nearest")
+    with pytest.raises(ValueError, match="unknown rounding 'up'"):
+        NNIBuiltinPruning(model, _x(), "fpgm", 0.8, rounding="up")
+    assert_unchanged(model, before)
+    with pytest.raises(ConfigError, match="applies to the nni-\\* methods"):
+        TrainConfig(method="sca", nni_rounding="nearest")
+    with pytest.raises(ConfigError, match="--global-pruning"):
+        TrainConfig(method="nni-fpgm", nni_rounding="nearest", global_pruning=True)
+    assert TrainConfig(method="nni-fpgm", nni_rounding="nearest").nni_rounding == "nearest"
+
+
 def test_l1norm_removes_exactly_the_lowest_norm_filters_and_couples_residual_layers():
     torch.manual_seed(0)
     model = resnet19(T=2, width=0.125, in_channels=1)
