@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+#: the paired reference at equal structure: the best Torch-Pruning / NNI row that keeps the same
+#: channels per layer as the row compared (NNI's own rounding keeps one channel more in some layers)
+SAME_CHANNELS = "best built-in, same channels"
+
 
 def paired_text(entry: Optional[Mapping[str, Any]], sign: float = 1.0, with_n: bool = False) -> str:
     """``mean [lo, hi]`` of a paired difference (``sign=-1``: the other row minus this one); ``–``

@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, _clean, machine_info  # noqa: E402  (also puts the repo on sys.path)
-from paired import paired_text  # noqa: E402
+from paired import SAME_CHANNELS, paired_text  # noqa: E402
 
 from sca_plugin.config import RUN_FREE_FIELDS, ConfigError, TrainConfig  # noqa: E402
 from sca_plugin.methods import get_method, method_names  # noqa: E402
@@ -360,10 +360,18 @@ def run_collapse(run: Dict[str, Any]) -> Dict[str, Any]:
     return collapse_check(log[-1]["loss"] if log else None, (run.get("accuracy") or {}).get("final"), classes)
 
 
+def _same_channels(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Both rows keep the same number of channels in every layer (on every seed, for per-layer
+    ranking; the means of unequal structures do not match by accident in practice)."""
+    ca, cb = a.get("channels_after_mean") or {}, b.get("channels_after_mean") or {}
+    return bool(ca) and ca == cb and not any(v is None for v in ca.values())
+
+
 def paired_differences(groups: List[Dict[str, Any]], paired_with: Sequence[str] = ()) -> None:
     """Add to every group, per ratio, the paired (same seeds) difference of its accuracy to the best
     built-in row (highest mean among the methods registered as ``baseline``: Torch-Pruning's and NNI's
-    built-ins) and to each row in ``paired_with``:
+    built-ins), to the best built-in that keeps the same channels per layer (:data:`SAME_CHANNELS`,
+    where one does) and to each row in ``paired_with``:
     mean and 95% t-interval of the per-seed differences, in ``group["paired"][reference]``."""
     import numpy as np
     from scipy import stats
@@ -384,7 +392,12 @@ def paired_differences(groups: List[Dict[str, Any]], paired_with: Sequence[str] 
                 refs[name] = ref
         for g in gs:
             g["paired"] = {}
-            for label, ref in refs.items():
+            own_refs = dict(refs)
+            same = [b for b in builtins if b is not g and _same_channels(b, g)]
+            if same:  # the comparison at equal structure (NNI's rounding keeps more channels: --nni-rounding)
+                own_refs = {"best built-in": refs["best built-in"],
+                            SAME_CHANNELS: max(same, key=lambda b: b["accuracy_mean"]), **refs}
+            for label, ref in own_refs.items():
                 acc = dict(zip(g["seeds"], g["accuracy_per_seed"]))
                 ref_acc = dict(zip(ref["seeds"], ref["accuracy_per_seed"]))
                 seeds = [s for s in g["seeds"] if s in ref_acc and acc[s] is not None and ref_acc[s] is not None]
@@ -531,7 +544,10 @@ def table_markdown(groups: List[Dict[str, Any]], cfg: Dict[str, Any], info: Dict
     if references:
         lines += ["Paired differences (accuracy points; same seeds; mean and 95% t-interval of the per-seed "
                   "differences) to " + ", ".join(f"`{r}`" for r in references)
-                  + (" (`best built-in`: the Torch-Pruning or NNI row with the highest mean accuracy at that ratio). "
+                  + (" (`best built-in`: the Torch-Pruning or NNI row with the highest mean accuracy at that ratio"
+                     + (f"; `{SAME_CHANNELS}`: the same among the rows that keep the row's channel count in every "
+                        "layer (NNI's own rounding keeps more: `nni-*-nearest` rows have the per-layer counts)"
+                        if SAME_CHANNELS in references else "") + "). "
                      if "best built-in" in references else ". ") +
                   "Collapsed: runs whose final training loss is at or above 0.8 ln(classes) or whose accuracy is "
                   "within 5 points of chance (`sca_plugin.collapse`); they are counted here and included in the "

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired import paired_text  # noqa: E402
+from paired import SAME_CHANNELS, paired_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -109,11 +109,19 @@ def _paired(group: dict, other: str, sign: float = 1.0) -> str:
     return paired_text((group.get("paired") or {}).get(other), sign, with_n=True)
 
 
+def _row_text(groups: dict, paired: Optional[dict], ratio: float) -> str:
+    """``row mean`` of the reference row a paired difference was taken to."""
+    row = (paired or {}).get("row")
+    group = groups.get((row, ratio)) if row else None
+    return "–" if group is None else f"{row} {100 * group['accuracy_mean']:.2f}"
+
+
 def ablation(summaries: List[dict]) -> str:
     """The paper's ablation at every task and ratio that has all three of its rows."""
     lines = ["| task | ratio | sca | sca-prune-only | random-init | sca − prune-only | sca − random-init "
-             "| prune-only − random-init | best built-in | sca − best built-in | paper's order |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| prune-only − random-init | best built-in | sca − best built-in | paper's order "
+             "| best built-in, same channels | sca − it |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         groups = {(g["method"], g["pruning_ratio"]): g for g in s["groups"] if not _emergent(g)}
         for r in sorted({r for _, r in groups}):
@@ -122,22 +130,22 @@ def ablation(summaries: List[dict]) -> str:
                 continue
             sca, prune_only, random_init = rows
             acc = [100 * g["accuracy_mean"] for g in rows]
-            best = (sca.get("paired") or {}).get("best built-in") or {}
-            best_row = best.get("row")
-            best_group = groups.get((best_row, r)) if best_row else None
-            best_txt = "–" if best_group is None else f"{best_row} {100 * best_group['accuracy_mean']:.2f}"
+            best_txt = _row_text(groups, (sca.get("paired") or {}).get("best built-in"), r)
+            same_txt = _row_text(groups, (sca.get("paired") or {}).get(SAME_CHANNELS), r)
             cells = [f"{a:.2f} ± {100 * g['accuracy_std']:.2f} (n={g['n']})" for a, g in zip(acc, rows)]
             order = "yes" if acc[0] > acc[1] > acc[2] else "no"
             lines.append(f"| {s['config']['name'].replace('quality_', '')} | {r:g} | " + " | ".join(cells) + " | "
                          f"{_paired(prune_only, 'sca', -1.0)} | {_paired(sca, 'random-init')} | "
                          f"{_paired(prune_only, 'random-init')} | {best_txt} | "
-                         f"{_paired(sca, 'best built-in')} | {order} |")
+                         f"{_paired(sca, 'best built-in')} | {order} | {same_txt} | {_paired(sca, SAME_CHANNELS)} |")
     return ("# Quality benchmarks: the paper's ablation\n\n"
             "Command: `python benchmarks/quality_overview.py`; from each task's `summary.json` "
             "(`benchmarks/results/<task>/table.md` has the machine and every row).\n\n"
             "Test accuracy (%) of the finalized model, mean ± std over seeds (n); paired differences in points, "
             "mean and 95% t-interval over the shared seeds (n); `best built-in`: the Torch-Pruning or NNI row "
-            "with the highest mean at that ratio; paper's order: prune+regrow > prune-only > random-init on "
+            "with the highest mean at that ratio; `best built-in, same channels`: the same among the rows that keep "
+            "SCA's channel count in every layer (NNI's own rounding keeps one channel more in some layers; the "
+            "`nni-*-nearest` rows keep SCA's); paper's order: prune+regrow > prune-only > random-init on "
             "the means.\n\n" + "\n".join(lines) + "\n")
 
 

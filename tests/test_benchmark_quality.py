@@ -78,6 +78,26 @@ def test_quality_tiny_sweep_and_resume(tmp_path, capsys):
     assert [g["accuracy_mean"] for g in summary2["groups"]] == [g["accuracy_mean"] for g in summary["groups"]]
 
 
+def test_paired_differences_add_the_best_builtin_with_the_same_channels():
+    quality = _load()
+
+    def g(method, acc, chans, baseline=True):
+        return {"method": method, "pruning_ratio": 0.8, "seeds": [0, 1], "accuracy_per_seed": [acc, acc + 0.01],
+                "accuracy_mean": acc + 0.005, "channels_after_mean": chans, "baseline": baseline}
+
+    sca = g("sca", 0.95, {"a": 2.0, "b": 3.0}, baseline=False)
+    nni = g("nni-fpgm", 0.97, {"a": 2.0, "b": 4.0})               # the best, but one channel more
+    nearest = g("nni-fpgm-nearest", 0.96, {"a": 2.0, "b": 3.0})
+    worse = g("nni-l1norm-nearest", 0.90, {"a": 2.0, "b": 3.0})
+    global_ = g("sca-global", 0.94, {"a": 2.5, "b": 2.5}, baseline=False)
+    quality.paired_differences([sca, nni, nearest, worse, global_])
+    assert sca["paired"]["best built-in"]["row"] == "nni-fpgm"
+    same = sca["paired"]["best built-in, same channels"]
+    assert same["row"] == "nni-fpgm-nearest" and abs(same["mean"] + 1.0) < 1e-9 and same["n"] == 2
+    assert nearest["paired"]["best built-in, same channels"]["row"] == "nni-l1norm-nearest"  # never itself
+    assert "best built-in, same channels" not in global_["paired"]   # no built-in keeps 2.5 / 2.5
+
+
 def test_run_environments_counts_settings_and_unrecorded_runs():
     quality = _load()
     a = {"cpu_model": "A", "torch_threads": 1, "torch_version": "2"}
@@ -282,10 +302,11 @@ def test_ablation_table_pairs_the_papers_rows_and_checks_their_order(tmp_path):
 
     paper = summary("quality_a", [
         group("sca", 0.97, {"random-init": pair("random-init", 1.0, 0.5, 1.5),
-                            "best built-in": pair("nni-fpgm", -0.5, -1.0, 0.0)}),
+                            "best built-in": pair("nni-fpgm", -0.5, -1.0, 0.0),
+                            "best built-in, same channels": pair("nni-fpgm-nearest", 0.25, -0.25, 0.75)}),
         group("sca-prune-only", 0.965, {"sca": pair("sca", -0.5, -0.9, -0.1),
                                         "random-init": pair("random-init", 0.5, 0.1, 0.9)}),
-        group("random-init", 0.96), group("nni-fpgm", 0.975)])
+        group("random-init", 0.96), group("nni-fpgm", 0.975), group("nni-fpgm-nearest", 0.9675)])
     reversed_ = summary("quality_b", [group("sca", 0.95), group("sca-prune-only", 0.96), group("random-init", 0.94)])
     incomplete = summary("quality_c", [group("sca", 0.95), group("random-init", 0.94)])
     text = overview.ablation([paper, reversed_, incomplete])
@@ -294,6 +315,7 @@ def test_ablation_table_pairs_the_papers_rows_and_checks_their_order(tmp_path):
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[:5] == ["a", "0.8", "97.00 ± 1.00 (n=3)", "96.50 ± 1.00 (n=3)", "96.00 ± 1.00 (n=3)"]
     # sca - prune-only is prune-only's paired difference to sca with its sign and interval turned
-    assert cells[5:11] == ["+0.50 [+0.10, +0.90] (n=3)", "+1.00 [+0.50, +1.50] (n=3)", "+0.50 [+0.10, +0.90] (n=3)",
-                           "nni-fpgm 97.50", "-0.50 [-1.00, +0.00] (n=3)", "yes"]
-    assert rows[1].startswith("| b | 0.8 |") and rows[1].endswith("| no |") and "| – |" in rows[1]
+    assert cells[5:13] == ["+0.50 [+0.10, +0.90] (n=3)", "+1.00 [+0.50, +1.50] (n=3)", "+0.50 [+0.10, +0.90] (n=3)",
+                           "nni-fpgm 97.50", "-0.50 [-1.00, +0.00] (n=3)", "yes",
+                           "nni-fpgm-nearest 96.75", "+0.25 [-0.25, +0.75] (n=3)"]
+    assert rows[1].startswith("| b | 0.8 |") and rows[1].endswith("| no | – | – |")
