@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from sca_plugin.environment import cpu_model  # noqa: E402  (re-exported for the benchmarks)
+from sca_plugin.environment import cpu_model, run_environment  # noqa: E402  (cpu_model re-exported)
 
 
 def summarize(samples: Sequence[float]) -> Dict[str, float]:
@@ -82,22 +82,19 @@ def machine_info(device: str = "cpu") -> dict:
     import spikingjelly
     import torch_pruning
 
-    info = {
-        "cpu_model": cpu_model(),
-        "cpu_cores": os.cpu_count(),
+    # what each run records (CPU, threads, versions, GPU), plus what describes the invocation
+    info = run_environment(device)
+    cpu_count = info.pop("cpu_count")
+    info.update({
+        "cpu_cores": cpu_count,
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
         "spikingjelly_version": getattr(spikingjelly, "__version__", "unknown"),
         "torch_pruning_version": getattr(torch_pruning, "__version__", "unknown"),
-        "python_version": platform.python_version(),
         "platform": platform.platform(),
         "device": device,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name] + sys.argv),
-    }
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    })
     return info
 
 
