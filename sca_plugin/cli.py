@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import RUN_FREE_FIELDS, ConfigError, TrainConfig, load_config_file
+from .config import RUN_FREE_FIELDS, SETTING_CHOICES, ConfigError, TrainConfig, load_config_file
 
 __all__ = ["main", "build_parser"]
 
@@ -43,7 +43,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
+            choices = SETTING_CHOICES.get(f.name)  # shown as argparse shows choices; checked by TrainConfig
+            metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
+            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
 
 
 def build_parser() -> argparse.ArgumentParser:

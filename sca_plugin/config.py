@@ -92,7 +92,7 @@ def _type_error(name: str, value: Any) -> Optional[str]:
 
 
 #: the settings that take one of a few names (None, where a setting allows it, is checked apart)
-_CHOICES: Dict[str, tuple] = {
+SETTING_CHOICES: Dict[str, tuple] = {
     "mode": MODES, "masking": MASKINGS, "regrow_signal": REGROW_SIGNALS, "step_mode": ("m", "s"),
     "regrow_decay": ("constant", "cosine"), "sca_normalizer": ("mean", "max", "sum"),
     "sdsnn_range_layers": ("all", "last"), "lr_schedule": ("cosine", "step"), "optimizer": ("sgd", "adam"),
@@ -172,7 +172,7 @@ class TrainConfig:
             raise ConfigError(str(e), key="method") from None
         if self.preset is not None and self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}; use one of {', '.join(PRESETS)}", key="preset")
-        for name, allowed in _CHOICES.items():
+        for name, allowed in SETTING_CHOICES.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}", key=name)

@@ -169,6 +169,17 @@ def test_module_entry_point_help():
     assert res.returncode == 0 and "train" in res.stdout and "report" in res.stdout
 
 
+def test_train_help_lists_the_names_a_setting_takes():
+    """Settings that take one of a few names show them as argparse shows choices (TrainConfig checks them)."""
+    from sca_plugin.cli import build_parser
+    from sca_plugin.config import SETTING_CHOICES
+
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "--nni-rounding {down,nearest}" in text and "--lr-schedule {cosine,step}" in text
+    for name, allowed in SETTING_CHOICES.items():
+        assert "--" + name.replace("_", "-") + " {" + ",".join(allowed) + "}" in text, name
+
+
 def test_export_torchscript_loads_with_plain_torch(finished_run, tmp_path, capsys):
     out = tmp_path / "m.ts"
     assert main(["export", str(finished_run), "--format", "torchscript", "--out", str(out)]) == 0
