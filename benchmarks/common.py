@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from sca_plugin.environment import cpu_model, run_environment  # noqa: E402  (cpu_model re-exported)
+from sca_plugin.environment import run_environment  # noqa: E402
 
 
 def summarize(samples: Sequence[float]) -> Dict[str, float]:
