@@ -64,7 +64,7 @@ class RunMetrics(TypedDict, total=False):
     importance_scores: Dict[str, List[float]]
     connectivity: Optional[Dict[str, float]]
     synops_connected: Optional[float]
-    epochs_log: List[Dict[str, Any]]            # epoch, loss, test_accuracy, sparsity, lr
+    epochs_log: List[Dict[str, Any]]            # epoch, loss, test_accuracy, sparsity, lr, seconds
     config: Dict[str, Any]                      # TrainConfig.to_dict()
     effective_settings: Dict[str, Any]          # the settings whose default depends on others, as used
     device: str

@@ -7,6 +7,7 @@ import contextlib
 import os
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -153,6 +154,7 @@ def train_loop(cfg, model, pruner, optimizer, scheduler, train_loader, test_load
                 epochs_log, log, writer=None, after_epoch=None, tag="", oneshot=None) -> None:
     net = training_module(model, device, cfg.compile)
     for epoch in range(first_epoch, cfg.epochs):
+        began = time.perf_counter()
         updating = pruner is not None and updates_in_epoch(cfg, epoch)
         with _diverged_at(epoch, cfg):
             loss = _train_epoch(model, train_loader, kind, optimizer, pruner, device, cfg, updating, epoch, net)
@@ -169,10 +171,11 @@ def train_loop(cfg, model, pruner, optimizer, scheduler, train_loader, test_load
         acc = evaluate(model, test_loader, kind, device)
         entry = {"epoch": epoch + 1, "loss": loss, "test_accuracy": acc,
                  "sparsity": _sparsity(pruner, oneshot),
-                 "lr": optimizer.param_groups[0]["lr"]}
+                 "lr": optimizer.param_groups[0]["lr"],
+                 "seconds": time.perf_counter() - began}  # training, mask updates and evaluation of this epoch
         epochs_log.append(entry)
         log(f"{tag}epoch {epoch + 1:3d}/{cfg.epochs}  loss {loss:.4f}  test acc {100 * acc:6.2f}%  "
-            f"channel sparsity {entry['sparsity']:.3f}")
+            f"channel sparsity {entry['sparsity']:.3f}  ({entry['seconds']:.1f} s)")
         if writer is not None:
             for k in ("loss", "test_accuracy", "sparsity"):
                 writer.add_scalar(k, entry[k], epoch + 1)
