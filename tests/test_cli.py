@@ -41,7 +41,7 @@ def test_train_writes_metrics_model_and_checkpoint(finished_run):
     assert metrics["accuracy"]["masked"] == metrics["accuracy"]["final"]  # masked == finalized
     assert metrics["parameters"]["after"] < metrics["parameters"]["before"]
     assert len(metrics["history"]) == 2 and len(metrics["epochs_log"]) == 3
-    # each epoch's own time (training, mask updates, evaluation) is recorded and fits in the run's
+    # each epoch's own time (training, mask updates, evaluation) is recorded and fits in the run's wall time
     seconds = [e["seconds"] for e in metrics["epochs_log"]]
     assert all(s > 0 for s in seconds) and sum(seconds) < metrics["wall_time_s"]
     model = torch.load(finished_run / "model.pt", weights_only=False)
